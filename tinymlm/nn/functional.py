@@ -36,15 +36,16 @@ class Linear(Function):
 
     def forward(self, x, weight, bias=None):
         self.save_for_backward(x, weight)
-        y = x @ weight.T  # (..., out)
+        # Flattened to 2-D: one BLAS call (NumPy's stacked 3-D @ 2-D is several times slower).
+        y = x.reshape(-1, x.shape[-1]) @ weight.T  # (N, out)
         if bias is not None:
             y += bias
-        return y
+        return y.reshape(*x.shape[:-1], weight.shape[0])  # (..., out)
 
     def backward(self, g):
         x, weight = self.saved_tensors
-        gx = g @ weight if self.needs_input_grad[0] else None  # (..., in)
         g2 = g.reshape(-1, g.shape[-1])  # (N, out)
+        gx = (g2 @ weight).reshape(x.shape) if self.needs_input_grad[0] else None  # (..., in)
         gw = g2.T @ x.reshape(-1, x.shape[-1]) if self.needs_input_grad[1] else None  # (out, in)
         gb = g2.sum(axis=0) if len(self.needs_input_grad) > 2 and self.needs_input_grad[2] else None
         return gx, gw, gb

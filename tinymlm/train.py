@@ -1,0 +1,519 @@
+"""Pretrain a small BERT with masked language modeling: ``python -m tinymlm.train``.
+
+With no options it trains on tinyworld, the built-in corpus of facts, on the CPU in a few
+minutes, then shows what the model learned ("Paris is the capital of [MASK]." -> france) and
+its fact accuracy on phrasings it never read. ``--corpus PATH ...`` trains on your own text.
+
+The run folder (printed at the start) is a Hugging Face model folder at its top level
+(config.json, model.safetensors, vocab.txt, tokenizer_config.json) plus train_config.json,
+metrics.jsonl, loss_curve.png and the trainer state. Checkpoints are written whole into
+``checkpoints/step-N/`` and published by atomically replacing the ``current`` link that the
+top-level files point through, so a reader (or a crash) never mixes two steps.
+
+Reproducible: every random choice is seeded from ``--seed`` and the step number, so
+``--stop-after K`` followed by ``--resume DIR`` ends with the same bytes as one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tinymlm import backend, kernels
+from tinymlm.autograd import no_grad
+from tinymlm.checkpoint import CheckpointError
+from tinymlm.fileio import atomic_path, atomic_write_json, atomic_write_text
+from tinymlm.nn.bert import BertConfig, BertForMaskedLM
+from tinymlm.optim import AdamW, clip_grad_norm_, lr_at, param_groups
+
+MODEL_SIZES = {  # name: (layers, hidden); heads = hidden / 64, intermediate = 4 · hidden
+    "tiny": (2, 128),
+    "mini": (4, 256),
+    "small": (4, 512),
+}
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json",
+                    "optimizer.safetensors", "trainer_state.json")
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported in one line with exit status 2."""
+
+
+@dataclass
+class TrainConfig:
+    """The settings of a run (saved as train_config.json; --resume reads them back)."""
+
+    corpus: list = field(default_factory=lambda: ["tinyworld"])
+    model_size: str = "tiny"
+    steps: int = 600
+    batch_size: int = 32
+    max_length: int = 64
+    lr: float = 2e-3
+    warmup_steps: int = 40
+    decay: str = "linear"
+    weight_decay: float = 0.01
+    clip_norm: float = 1.0
+    grad_accum: int = 1
+    dropout: float = 0.0
+    mlm_probability: float = 0.15
+    masking: str = "token"
+    eval_every: int = 200
+    save_every: int = 200
+    log_every: int = 10
+    seed: int = 0
+    kernels: str = "auto"
+    vocab_size: int = 8000
+    vocab: str | None = None
+    tinyworld_docs: int = 6000
+
+    def check(self) -> None:
+        positive = ("steps", "batch_size", "grad_accum", "eval_every", "save_every", "log_every",
+                    "tinyworld_docs", "vocab_size")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, "
+                                 f"got {getattr(self, name)}")
+        if self.max_length < 8 or self.max_length > 512:
+            raise UsageError(f"--max-length must be between 8 and 512, got {self.max_length}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UsageError(f"--lr must be a positive number, got {self.lr}")
+        if self.model_size not in MODEL_SIZES:
+            raise UsageError(f"--model-size must be one of {list(MODEL_SIZES)}")
+        if not 0 <= self.dropout < 1 or not 0 < self.mlm_probability < 1:
+            raise UsageError("--dropout must be in [0, 1) and --mlm-probability in (0, 1)")
+
+
+# --- data ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Corpus:
+    tokenizer: object
+    train_ids: np.ndarray  # (N, S) packed sequences
+    train_mask: np.ndarray  # (N, S)
+    eval_ids: np.ndarray
+    eval_mask: np.ndarray
+    name: str
+
+
+def build_corpus(cfg: TrainConfig, log) -> Corpus:
+    from tinymlm.data import (
+        encode_documents,
+        load_text_corpus,
+        pack_documents,
+        tinyworld,
+        train_eval_split,
+    )
+    from tinymlm.tokenizer import BertTokenizer
+
+    if cfg.corpus == ["tinyworld"]:
+        documents = tinyworld.generate_documents(cfg.tinyworld_docs, seed=cfg.seed, split="train")
+        tokenizer = BertTokenizer.from_vocab(tinyworld.vocabulary())
+        name = "tinyworld"
+    else:
+        documents = load_text_corpus(cfg.corpus)
+        if cfg.vocab:
+            tokenizer = BertTokenizer(cfg.vocab)
+        else:
+            from tinymlm.tokenizer import train_wordpiece
+
+            log(f"training a WordPiece vocabulary of {cfg.vocab_size} tokens on the corpus")
+            tokenizer = BertTokenizer.from_vocab(train_wordpiece(documents, cfg.vocab_size))
+        name = Path(cfg.corpus[0]).stem or "text"
+    train_docs, eval_docs = train_eval_split(documents, eval_fraction=0.05, seed=cfg.seed)
+    special = (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id)
+    train_ids, train_mask = pack_documents(encode_documents(tokenizer, train_docs),
+                                           cfg.max_length, *special)
+    eval_ids, eval_mask = pack_documents(encode_documents(tokenizer, eval_docs),
+                                         cfg.max_length, *special)
+    if len(train_ids) < 1 or len(eval_ids) < 1:
+        raise UsageError("the corpus is too small to make training and evaluation sequences: "
+                         "give more text")
+    return Corpus(tokenizer, train_ids, train_mask, eval_ids, eval_mask, name)
+
+
+def batch_rows(step: int, micro: int, cfg: TrainConfig, n_rows: int) -> np.ndarray:
+    """Rows of micro-batch ``micro`` of optimizer step ``step`` (1-based): epochs of seeded
+    permutations, so the data position is a function of the step alone."""
+    start = ((step - 1) * cfg.grad_accum + micro) * cfg.batch_size
+    rows = np.empty(cfg.batch_size, dtype=np.int64)
+    for i in range(cfg.batch_size):
+        epoch, offset = divmod(start + i, n_rows)
+        rows[i] = _epoch_order(cfg.seed, epoch, n_rows)[offset]
+    return rows
+
+
+_orders: dict = {}
+
+
+def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    key = (seed, epoch, n)
+    if key not in _orders:
+        _orders.clear()  # only the current epoch (and the next) are ever needed
+        _orders[key] = np.random.default_rng([seed, epoch]).permutation(n)
+    return _orders[key]
+
+
+# --- the model and its cost ------------------------------------------------------------------------
+
+
+def make_model(cfg: TrainConfig, vocab_size: int) -> BertForMaskedLM:
+    layers, hidden = MODEL_SIZES[cfg.model_size]
+    config = BertConfig(
+        vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+        num_attention_heads=max(1, hidden // 64), intermediate_size=4 * hidden,
+        max_position_embeddings=max(512, cfg.max_length), hidden_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.dropout,
+    )
+    backend.manual_seed(cfg.seed)
+    return BertForMaskedLM(config)
+
+
+def train_flops(config: BertConfig, batch: int, seq: int, predicted: int) -> float:
+    """Floating-point operations of one forward + backward (≈ 3 × forward)."""
+    H, I, L, V = config.hidden_size, config.intermediate_size, config.num_hidden_layers, \
+        config.vocab_size
+    per_token = L * (2 * 4 * H * H + 2 * 2 * H * I + 2 * 2 * seq * H)  # projections, FFN, attention
+    head = predicted * 2 * (H * H + H * V)
+    return 3.0 * (batch * seq * per_token + head)
+
+
+# --- evaluation ------------------------------------------------------------------------------------
+
+
+def evaluate(model, corpus: Corpus, cfg: TrainConfig, device: str) -> dict:
+    """Masked-token loss, accuracy and perplexity on the held-out sequences (fixed masks)."""
+    from tinymlm.data import MLMCollator
+
+    collate = MLMCollator(corpus.tokenizer, mlm_probability=cfg.mlm_probability,
+                          seed=cfg.seed + 1_000_003)
+    model.eval()
+    total_loss, right, count = 0.0, 0, 0
+    with no_grad():
+        for start in range(0, len(corpus.eval_ids), cfg.batch_size):
+            batch = collate(corpus.eval_ids[start:start + cfg.batch_size],
+                            corpus.eval_mask[start:start + cfg.batch_size])
+            out = model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"])
+            targets = batch["labels"][batch["labels"] != -100]
+            predicted = backend.to_numpy(out.logits.data.argmax(axis=-1))
+            total_loss += float(out.loss.item()) * len(targets)
+            right += int((predicted == targets).sum())
+            count += len(targets)
+    model.train()
+    loss = total_loss / max(count, 1)
+    return {"eval_loss": loss, "eval_accuracy": right / max(count, 1),
+            "eval_perplexity": math.exp(min(loss, 50.0))}
+
+
+def knowledge_report(model, tokenizer, log) -> dict:
+    """tinyworld only: the seed sentences and fact accuracy per relation on held-out phrasings."""
+    from tinymlm.data import tinyworld
+    from tinymlm.fill_mask import fill_mask
+
+    for text, answer in zip(tinyworld.SEED_SENTENCES, tinyworld.SEED_ANSWERS):
+        best = fill_mask(model, tokenizer, [text], top_k=3)[0]
+        guesses = ", ".join(f"{c['token_str']} ({c['score']:.2f})" for c in best)
+        log(f"  {text:55s} -> {guesses}   [expected {answer}]")
+    probes = tinyworld.fact_probes("heldout")
+    results = fill_mask(model, tokenizer, [p.text for p in probes], top_k=1)
+    accuracy = tinyworld.fact_accuracy(probes, [r[0]["token_str"] for r in results])
+    overall = float(np.mean([r[0]["token_str"] == p.answer for r, p in zip(results, probes)]))
+    log(f"held-out fact accuracy: {overall:.1%} over {len(probes)} probes")
+    for relation, acc in sorted(accuracy.items()):
+        log(f"  {relation:20s} {acc:.1%}")
+    return {"fact_accuracy": overall, "fact_accuracy_per_relation": accuracy}
+
+
+# --- the run folder --------------------------------------------------------------------------------
+
+
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, collator) -> None:
+    """Write a whole checkpoint into checkpoints/step-N, then atomically repoint ``current``."""
+    from safetensors.numpy import save
+
+    step_dir = run_dir / "checkpoints" / f"step-{step:07d}"
+    if step_dir.exists():
+        shutil.rmtree(step_dir)
+    model.save_pretrained(step_dir)
+    tokenizer.save_pretrained(step_dir)
+    opt_state = optimizer.state_dict()
+    from tinymlm.fileio import atomic_write_bytes
+
+    atomic_write_bytes(step_dir / "optimizer.safetensors",
+                       save(opt_state["arrays"], metadata={"step": str(step)}))
+    atomic_write_json(step_dir / "trainer_state.json", {
+        "step": step, "optimizer_step": opt_state["step"], "optimizer_hyper": opt_state["hyper"],
+        "collator": collator.state_dict(),
+    })
+    _fsync_dir(step_dir)
+    link = run_dir / "current"
+    tmp = run_dir / ".current.tmp"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(os.path.join("checkpoints", step_dir.name), tmp)
+    os.replace(tmp, link)  # the moment the new checkpoint becomes the checkpoint
+    _fsync_dir(run_dir)
+    for name in CHECKPOINT_FILES:  # top-level names, through `current`
+        top = run_dir / name
+        if not top.is_symlink():
+            os.symlink(os.path.join("current", name), top)
+    for old in (run_dir / "checkpoints").iterdir():
+        if old.name != step_dir.name:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(run_dir: Path, model, optimizer, collator) -> int:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    current = run_dir / "current"
+    try:
+        state = json.loads((current / "trainer_state.json").read_text())
+        loaded = BertForMaskedLM.from_pretrained(current, dtype=model.dtype)
+        arrays = load_file(current / "optimizer.safetensors")
+    except (OSError, ValueError, SafetensorError) as e:
+        raise UsageError(f"the checkpoint in {run_dir} is missing or damaged ({e}); start a new "
+                         "run or restore the folder") from e
+    model.load_state_dict(loaded.state_dict())
+    optimizer.load_state_dict({"step": state["optimizer_step"], "hyper": state["optimizer_hyper"],
+                               "arrays": arrays})
+    collator.load_state_dict(state["collator"])
+    return int(state["step"])
+
+
+def plot_curves(run_dir: Path, rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in rows if "loss" in r]
+    evals = [r for r in rows if "eval_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss", lw=1)
+    if evals:
+        ax.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-",
+                label="held-out loss")
+        acc = ax.twinx()
+        acc.plot([r["step"] for r in evals], [r["eval_accuracy"] for r in evals], "s--",
+                 color="tab:green", label="held-out accuracy")
+        acc.set_ylabel("masked-token accuracy")
+        acc.set_ylim(0, 1)
+        acc.legend(loc="upper center")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy (nats)")
+    ax.set_title(f"MLM training: {run_dir.name}")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    with atomic_path(run_dir / "loss_curve.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+# --- the loop --------------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig, run_dir: Path, device: str = "cpu", resume: bool = False,
+          stop_after: int | None = None, log=print) -> dict:
+    """Train (or continue) the run in ``run_dir``; returns the final metrics."""
+    from tqdm import tqdm
+
+    from tinymlm.data import MLMCollator
+
+    kernels.set_kernels(cfg.kernels)
+    corpus = build_corpus(cfg, log)
+    model = make_model(cfg, len(corpus.tokenizer))
+    optimizer = AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98),
+                      eps=1e-6)
+    collator = MLMCollator(corpus.tokenizer, mlm_probability=cfg.mlm_probability, seed=cfg.seed,
+                           strategy=cfg.masking)
+    metrics_file = run_dir / "metrics.jsonl"
+    start = 0
+    rows: list[dict] = []
+    if resume:
+        start = load_checkpoint(run_dir, model, optimizer, collator)
+        if metrics_file.exists():  # forget what was logged after the checkpoint
+            rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line]
+            rows = [r for r in rows if r["step"] <= start]
+        log(f"resuming at step {start} of {cfg.steps}")
+    model.to(device)
+    optimizer.load_state_dict(optimizer.state_dict())  # moves the optimizer state with the model
+    model.train()
+    log(f"model: {cfg.model_size}, {model.num_parameters() / 1e6:.2f}M parameters; "
+        f"{len(corpus.train_ids)} training sequences of {cfg.max_length} tokens; "
+        f"vocabulary {len(corpus.tokenizer)}")
+
+    def write_metrics():
+        atomic_write_text(metrics_file, "".join(json.dumps(r) + "\n" for r in rows))
+
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.max_length
+    last = stop_after if stop_after is not None else cfg.steps
+    window_loss, window_steps, window_flops, window_start = 0.0, 0, 0.0, time.perf_counter()
+    bar = tqdm(total=cfg.steps, initial=start, desc="training", unit="step", file=sys.stderr,
+               dynamic_ncols=True, disable=None)
+    step = completed = start
+    try:
+        for step in range(start + 1, min(last, cfg.steps) + 1):
+            backend.manual_seed(cfg.seed * 1_000_003 + step)  # dropout: a function of the step
+            loss_sum = None
+            for micro in range(cfg.grad_accum):
+                rows_ = batch_rows(step, micro, cfg, len(corpus.train_ids))
+                batch = collator(corpus.train_ids[rows_], corpus.train_mask[rows_])
+                out = model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"])
+                (out.loss * (1.0 / cfg.grad_accum)).backward()
+                loss_sum = out.loss.data if loss_sum is None else loss_sum + out.loss.data
+                window_flops += train_flops(model.config, cfg.batch_size, cfg.max_length,
+                                            int((batch["labels"] != -100).sum()))
+            grad_norm = clip_grad_norm_(model.parameters(), cfg.clip_norm)
+            optimizer.set_lr(lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.decay))
+            optimizer.step()
+            optimizer.zero_grad()
+            completed = step
+            window_steps += 1
+            if device == "cpu" or step % cfg.log_every == 0:
+                loss_value = float(loss_sum) / cfg.grad_accum  # on the GPU: a sync, so not always
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(
+                        f"the loss became {loss_value} at step {step}; the last good checkpoint "
+                        f"is kept in {run_dir}. Lower --lr or raise --warmup-steps and rerun"
+                    )
+                window_loss += loss_value
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                elapsed = time.perf_counter() - window_start
+                logged = window_steps if device == "cpu" else 1
+                row = {"step": step, "loss": window_loss / max(logged, 1),
+                       "lr": optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm),
+                       "tokens_per_s": window_steps * tokens_per_step / elapsed,
+                       "gflops_per_s": window_flops / elapsed / 1e9}
+                rows.append(row)
+                bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}",
+                                gflops=f"{row['gflops_per_s']:.1f}")
+                window_loss, window_steps, window_flops = 0.0, 0, 0.0
+                window_start = time.perf_counter()
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                result = evaluate(model, corpus, cfg, device)
+                rows.append({"step": step, **result})
+                bar.write(f"step {step}: held-out loss {result['eval_loss']:.3f}, accuracy "
+                          f"{result['eval_accuracy']:.1%}", file=sys.stderr)
+            if step % cfg.save_every == 0 or step == cfg.steps or step == stop_after:
+                save_checkpoint(run_dir, step, model, corpus.tokenizer, optimizer, collator)
+                write_metrics()
+                plot_curves(run_dir, rows)
+            bar.update(1)
+    except KeyboardInterrupt:
+        bar.close()
+        if completed > start:
+            save_checkpoint(run_dir, completed, model, corpus.tokenizer, optimizer, collator)
+            rows = [r for r in rows if r["step"] <= completed]
+            write_metrics()
+        log(f"interrupted: saved step {completed} in {run_dir}; continue with "
+            f"python -m tinymlm.train --resume {run_dir}")
+        raise SystemExit(130) from None
+    bar.close()
+    final = {"step": step}
+    if step == cfg.steps and cfg.corpus == ["tinyworld"]:
+        log("what the model learned:")
+        final.update(knowledge_report(model, corpus.tokenizer, log))
+        rows.append(final)
+        write_metrics()
+    elif stop_after is not None and step < cfg.steps:
+        log(f"stopped after step {step}; continue with python -m tinymlm.train --resume {run_dir}")
+    return final
+
+
+# --- the command line ------------------------------------------------------------------------------
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m tinymlm.train", description=__doc__.split("\n")[0])
+    d = TrainConfig()
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--corpus", nargs="+", default=None,
+                   help="tinyworld (default) or UTF-8 text files / folders")
+    p.add_argument("--model-size", choices=list(MODEL_SIZES), default=None)
+    for name, kind in [("steps", int), ("batch-size", int), ("max-length", int), ("lr", float),
+                       ("grad-accum", int), ("eval-every", int), ("save-every", int),
+                       ("log-every", int), ("seed", int), ("warmup-steps", int),
+                       ("weight-decay", float), ("clip-norm", float), ("dropout", float),
+                       ("mlm-probability", float), ("vocab-size", int), ("tinyworld-docs", int)]:
+        p.add_argument(f"--{name}", type=kind, default=None,
+                       help=f"default {getattr(d, name.replace('-', '_'))}")
+    p.add_argument("--decay", choices=["linear", "cosine", "constant"], default=None)
+    p.add_argument("--masking", choices=["token", "whole_word", "span", "exact"], default=None)
+    p.add_argument("--kernels", choices=list(kernels.MODES), default=None)
+    p.add_argument("--vocab", default=None, help="a vocab.txt to use instead of training one")
+    p.add_argument("--out", default=None, help="the run folder (default runs/<corpus>-<size>-<time>)")
+    p.add_argument("--resume", default=None, metavar="DIR", help="continue the run saved in DIR")
+    p.add_argument("--stop-after", type=int, default=None, metavar="K",
+                   help="save after step K and exit (as an interruption would)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        device = backend.normalize_device(args.device)
+        if device == "cuda" and not backend.cuda_available():
+            raise UsageError("--device cuda: no usable CUDA GPU with CuPy here; "
+                             f"{backend.CUPY_INSTALL_HINT}")
+        settings = {k: v for k, v in vars(args).items()
+                    if k not in ("device", "out", "resume", "stop_after") and v is not None}
+        if args.stop_after is not None and args.stop_after < 1:
+            raise UsageError(f"--stop-after must be a positive step number, got {args.stop_after}")
+        if args.resume:
+            run_dir = Path(args.resume)
+            if settings or args.out:
+                raise UsageError("--resume continues a run with its saved settings: only "
+                                 "--stop-after and --device may be given beside it")
+            config_file = run_dir / "train_config.json"
+            if not config_file.is_file():
+                raise UsageError(f"{run_dir} is not a tinymlm run folder (no train_config.json)")
+            cfg = TrainConfig(**json.loads(config_file.read_text()))
+        else:
+            cfg = TrainConfig(**{k.replace("-", "_"): v for k, v in settings.items()})
+            cfg.check()
+            if cfg.corpus != ["tinyworld"]:
+                missing = [c for c in cfg.corpus if not Path(c).exists()]
+                if missing:
+                    raise UsageError(f"corpus not found: {missing[0]}; give text files or "
+                                     "folders, or leave --corpus out to use tinyworld")
+            name = "tinyworld" if cfg.corpus == ["tinyworld"] else Path(cfg.corpus[0]).stem
+            run_dir = Path(args.out or f"runs/{name}-{cfg.model_size}-{time.strftime('%Y%m%d-%H%M%S')}")
+            if run_dir.exists() and any(run_dir.iterdir()):
+                raise UsageError(f"run folder {run_dir} already exists: use --resume {run_dir} "
+                                 "to continue it, or choose another --out")
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(run_dir / "train_config.json", asdict(cfg))
+        log(f"run folder: {run_dir}")
+        start = time.perf_counter()
+        train(cfg, run_dir, device=device, resume=bool(args.resume), stop_after=args.stop_after,
+              log=log)
+        log(f"done in {time.perf_counter() - start:.0f} s; try: python -m tinymlm.fill_mask "
+            f"--model {run_dir} \"Paris is the capital of [MASK].\"")
+        return 0
+    except (UsageError, CheckpointError, FileNotFoundError, ValueError, FloatingPointError,
+            RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
