@@ -1,0 +1,206 @@
+"""The fused attention kernels, tested without a GPU.
+
+1. Under Numba's CUDA simulator (in a subprocess: the simulator must be chosen before Numba is
+   imported) against a float64 reference: forward output, log-sum-exp, dQ, dK, dV, on shapes
+   that are not multiples of the tile, ragged lengths and a sequence with no real token.
+2. Compiled to PTX for the H100 (compute capability 9.0) for every specialization the library
+   launches: no float64 instruction, and (with ptxas) no spills, no local-memory stack, at
+   most 48 KB of static shared memory.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+cuda = pytest.importorskip("numba.cuda")
+from numba import float32, int32  # noqa: E402
+
+from tinymlm.kernels import attention  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SIM_CASES = ("d32_tiles8", "d64_tiles8x4", "d64_production_tiles")
+QUANTITIES = ("out", "lse", "dq", "dk", "dv")
+SHARED_LIMIT = 48 * 1024
+PTXAS = shutil.which("ptxas") or (
+    "/usr/local/bin/ptxas" if os.path.exists("/usr/local/bin/ptxas") else None
+)
+
+
+@pytest.fixture(scope="module")
+def simulated():
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "sim_attention.py")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", SIM_CASES)
+@pytest.mark.parametrize("quantity", QUANTITIES)
+def test_simulator_matches_float64_reference(simulated, case, quantity):
+    result = simulated[case][quantity]
+    assert result["nan"] == 0, f"{quantity}: elements left unwritten (NaN poison survived)"
+    assert result["nonfinite_match"], f"{quantity}: -inf log-sum-exp of an empty row differs"
+    # float32 accumulation over at most a few dozen terms of size ~1
+    assert result["max_abs_err"] <= 2e-5 * max(1.0, result["max_abs_ref"]), result
+
+
+@pytest.mark.parametrize("case", SIM_CASES)
+def test_simulator_padding_and_dtypes(simulated, case):
+    result = simulated[case]
+    assert result["padded_key_grads_zero"], "padded keys must get exactly zero dK and dV"
+    assert result["empty_out_zero"], "a sequence with no real token must give zeros"
+    assert result["dtype"] == ["float32"] * 5
+
+
+def test_autograd_function_under_simulator(simulated):
+    result = simulated["autograd"]
+    assert result["shape"] == [1, 2, 11, 32]
+    for name, err in result["max_abs_err"].items():
+        assert err <= 2e-5, (name, err)
+
+
+def test_dispatch_matches_reference_path_and_declines_what_it_cannot_take(simulated):
+    result = simulated["dispatch"]
+    if "skipped" in result:
+        pytest.skip(result["skipped"])
+    for name, err in result["max_abs_err"].items():
+        assert err <= 2e-5, (name, err)
+    assert result["declines_inner_padding"], "inner padding must fall back to the reference path"
+    assert result["declines_all_padding"], "an all-padding sequence must use the reference path"
+    assert result["no_mask_runs"]
+
+
+def test_numpy_arrays_outside_the_simulator_are_refused():
+    if attention.numba_config.ENABLE_CUDASIM:
+        pytest.skip("this process runs the simulator")
+    q = np.zeros((1, 1, 4, 32), np.float32)
+    with pytest.raises(ValueError, match="CuPy"):
+        attention.attention_forward(q, q, q, np.array([4]), 0.1)
+
+
+def test_supports_reports_what_the_kernels_handle():
+    assert attention.supports(np.zeros((2, 3, 5, 64), np.float32))
+    assert attention.supports(np.zeros((2, 3, 5, 32), np.float32))
+    assert not attention.supports(np.zeros((2, 3, 5, 64), np.float64))
+    assert not attention.supports(np.zeros((2, 3, 5, 128), np.float32))
+    assert not attention.supports(np.zeros((2, 5, 64), np.float32))
+
+
+# ------------------------------------------------------------------------------------------
+# PTX for compute capability 9.0
+# ------------------------------------------------------------------------------------------
+
+LENGTHS = int32[:]
+# "A": any strides (the (B, S, H, d) -> (B, H, S, d) views the attention layer passes);
+# "C": contiguous arrays (a different specialization, compiled when those are passed).
+LAYOUTS = {
+    "A": (float32[:, :, :, :], float32[:, :, :]),
+    "C": (float32[:, :, :, ::1], float32[:, :, ::1]),
+}
+
+
+def specializations(head_dim, layout):
+    """(name, kernel, signature) for each kernel the library launches at head_dim."""
+    a4, a3 = LAYOUTS[layout]
+    sizes = attention.tiles(head_dim)
+    bq, bk = sizes["block_q"], sizes["block_k"]
+    grads = (a4, a4, a4, a4, a3, a3, LENGTHS, float32, float32)
+    return [
+        (
+            "forward",
+            attention.forward_kernel(head_dim, bq, bk),
+            (a4, a4, a4, LENGTHS, float32, a4, a3),
+        ),
+        ("delta", attention.delta_kernel(head_dim, bq), (a4, a4, a3)),
+        ("dkdv", attention.dkdv_kernel(head_dim, bq, bk), (*grads, a4, a4)),
+        ("dq", attention.dq_kernel(head_dim, bq, bk), (*grads, a4)),
+    ]
+
+
+CASES = [
+    (d, name, layout)
+    for d in (32, 64)
+    for name in ("forward", "delta", "dkdv", "dq")
+    for layout in LAYOUTS
+]
+
+
+@functools.cache  # both PTX tests read the same compilation
+def compile_for_h100(head_dim, name, layout):
+    ((kernel, signature),) = [
+        (k, sig) for n, k, sig in specializations(head_dim, layout) if n == name
+    ]
+    try:
+        ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=(9, 0), fastmath=True)
+    except Exception as exc:  # no libNVVM in this environment
+        if "NVVM" in str(exc) or "nvvm" in str(exc):
+            pytest.skip(f"compile_ptx needs libNVVM: {exc}")
+        raise
+    return ptx
+
+
+def ptxas_info(ptx: str) -> str:
+    """``ptxas -v`` output for sm_90. A ptxas older than the NVVM that wrote the PTX refuses
+    the newer ``.version`` line; the kernels use nothing newer, so retry at its version."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernel.ptx"
+        for _ in range(2):
+            path.write_text(ptx)
+            proc = subprocess.run(
+                [PTXAS, "-v", "-arch=sm_90", "-o", os.devnull, str(path)],
+                capture_output=True,
+                text=True,
+            )
+            older = re.search(r"current version is '(\d+\.\d+)'", proc.stderr)
+            if proc.returncode == 0 or not older:
+                break
+            ptx = re.sub(r"^\.version \S+", f".version {older.group(1)}", ptx, flags=re.M)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stderr
+
+
+@pytest.mark.parametrize(("head_dim", "name", "layout"), CASES)
+def test_ptx_is_float32_and_fits_shared_memory(head_dim, name, layout):
+    ptx = compile_for_h100(head_dim, name, layout)
+    assert not re.search(r"\.f64\b", ptx), "a float64 instruction (a bare Python float literal?)"
+    static_shared = sum(int(n) for n in re.findall(r"\.shared \.align \d+ \.b8 \w+\[(\d+)\]", ptx))
+    assert static_shared <= SHARED_LIMIT, static_shared
+
+
+@pytest.mark.parametrize(("head_dim", "name", "layout"), CASES)
+def test_ptxas_reports_no_spills(head_dim, name, layout):
+    if PTXAS is None:
+        pytest.skip("ptxas (CUDA toolkit) not found: cannot count registers and spills")
+    info = ptxas_info(compile_for_h100(head_dim, name, layout))
+    stack, stores, loads = map(
+        int,
+        re.search(
+            r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", info
+        ).groups(),
+    )
+    registers = int(re.search(r"Used (\d+) registers", info).group(1))
+    shared = re.search(r"(\d+) bytes smem", info)
+    print(
+        f"d={head_dim} {name} layout {layout}: {registers} registers, stack {stack} B, "
+        f"spills {stores}/{loads} B, smem {shared.group(1) if shared else 0} B"
+    )
+    assert (stores, loads) == (0, 0), info
+    assert stack == 0, f"per-thread arrays fell into local memory: {info}"
+    assert shared is None or int(shared.group(1)) <= SHARED_LIMIT, info

@@ -1,0 +1,491 @@
+r"""Fused multi-head attention on the GPU, forward and backward, in Numba CUDA.
+
+For one (sequence b, head h) with n = ``lengths[b]`` real keys (right padding) and scale
+:math:`\tau = 1/\sqrt{d}`:
+
+.. math::
+
+    s_{ij} = \tau\, q_i \cdot k_j, \qquad
+    L_i = \log \sum_{j<n} e^{s_{ij}}, \qquad
+    P_{ij} = e^{s_{ij} - L_i}, \qquad
+    o_i = \sum_{j<n} P_{ij}\, v_j .
+
+Padded keys (j >= n) get weight exactly 0 because they are never read. Every query row,
+padded or not, is computed. A sequence with n = 0 gives o = 0 and L = -inf (an empty sum).
+
+Forward (FlashAttention-2). A block owns ``BLOCK_Q`` query rows, one thread per row, and walks
+the keys in tiles of ``BLOCK_K`` staged in shared memory. Each thread keeps its running maximum
+m, running sum l and unnormalised output in registers (the *online softmax*): when a tile
+raises the maximum from m to m', the old sum and output are rescaled by e^{m - m'}. Nothing of
+size S x S is ever stored; only L (one float per row) is saved for the backward pass. The
+scale is folded into base 2: q is multiplied once by tau * log2(e), so every exponential is a
+single ``exp2`` instruction.
+
+Backward. With dP = dO V^T and the softmax Jacobian,
+
+.. math::
+
+    dV = P^\top dO, \qquad
+    dS_{ij} = P_{ij}\,(dP_{ij} - D_i), \quad D_i = \textstyle\sum_j P_{ij} dP_{ij}
+            = dO_i \cdot o_i, \qquad
+    dQ = \tau\, dS\, K, \qquad dK = \tau\, dS^\top Q .
+
+D is computed first (one kernel). Then one kernel per *key* block recomputes P tile by tile
+from Q, K and L and accumulates dK and dV for its keys, and one kernel per *query* block
+recomputes P and accumulates dQ. Each output element is written by exactly one thread, so
+there are no atomics and the result is deterministic.
+
+The raw-array API (:func:`attention_forward`, :func:`attention_backward`) takes CuPy arrays
+(or NumPy arrays under Numba's CUDA simulator, which the tests use); :class:`FusedAttention`
+wraps it in the autograd ``Function`` contract.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cache, lru_cache
+
+import numpy as np
+from numba import config as numba_config
+from numba import cuda, float32
+
+from tinymlm.autograd import Function, Tensor
+
+LOG2E = float32(math.log2(math.e))
+LN2 = float32(math.log(2.0))
+NEG_INF = float32(-math.inf)  # stored as the log-sum-exp of a row with no real key
+# The running maximum starts here rather than at -inf: fastmath lets the compiler assume no
+# arithmetic sees an infinity, and exp2(MAX_START - s) is 0 all the same.
+MAX_START = float32(-1.0e30)
+MAX_HEAD_DIM = 64  # past this the per-thread accumulators no longer fit in registers
+
+
+def tiles(head_dim: int) -> dict[str, int]:
+    """The production tile sizes (threads per block = the block's row count).
+
+    64 rows per block keeps two warps busy per block and, for d = 64, keeps the dQ and dK/dV
+    kernels (two padded own-row tables plus two key/query tiles) under 48 KB of shared memory.
+    """
+    return {"block_q": 64, "block_k": 32 if head_dim <= 32 else 16}
+
+
+# Filled with NaN before a launch so an element no thread writes shows up in a comparison.
+# On by default under the simulator (the tests); the GPU check turns it on while validating.
+POISON = bool(numba_config.ENABLE_CUDASIM)
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernels. Each factory closes over its compile-time constants (head dim, tile sizes): Numba
+# needs constant shapes for shared and local arrays, and constant trip counts let the inner
+# loops over d unroll so the per-thread arrays live in registers.
+# ----------------------------------------------------------------------------------------------
+
+
+@cache
+def forward_kernel(head_dim: int, block_q: int, block_k: int):
+    """out, lse <- attention(q, k, v); grid (ceil(S / block_q), B * heads), block_q threads."""
+    D, BQ, BK = head_dim, block_q, block_k
+    BKP = BK + 1  # padded score row: conflict-free
+
+    @cuda.jit(fastmath=True)
+    def attention_forward_kernel(q, k, v, lengths, scale_log2, out, lse):
+        # q, k, v, out: (B, H, S, D) float32, any strides; lengths: (B,) int32; lse: (B, H, S)
+        t = cuda.threadIdx.x
+        heads = q.shape[1]
+        b = cuda.blockIdx.y // heads
+        h = cuda.blockIdx.y - b * heads
+        seq = q.shape[2]
+        n = lengths[b]
+        row = cuda.blockIdx.x * BQ + t
+        live = row < seq
+
+        k_tile = cuda.shared.array((BK, D), float32)
+        v_tile = cuda.shared.array((BK, D), float32)
+        # This thread's scores for the current tile. In shared memory, rows padded to BK + 1
+        # (conflict-free): a local array indexed by a loop variable would go to local memory.
+        scores = cuda.shared.array((BQ, BKP), float32)
+        q_row = cuda.local.array(D, float32)  # this thread's query, pre-scaled to base 2
+        acc = cuda.local.array(D, float32)  # unnormalised output row
+
+        for c in range(D):
+            q_row[c] = q[b, h, row, c] * scale_log2 if live else float32(0.0)
+            acc[c] = float32(0.0)
+        m = MAX_START  # running maximum of the base-2 scores
+        l = float32(0.0)  # running sum of exp2(score - m)
+
+        for k0 in range(0, n, BK):
+            # Stage the tile: consecutive threads read consecutive floats (coalesced).
+            for idx in range(t, BK * D, BQ):
+                j = idx // D
+                c = idx - j * D
+                if k0 + j < n:  # padded keys are never read
+                    k_tile[j, c] = k[b, h, k0 + j, c]
+                    v_tile[j, c] = v[b, h, k0 + j, c]
+            cuda.syncthreads()
+            in_tile = min(BK, n - k0)
+            if live:
+                tile_max = m
+                for j in range(BK):
+                    if j < in_tile:
+                        s = float32(0.0)
+                        for c in range(D):
+                            s += q_row[c] * k_tile[j, c]
+                        scores[t, j] = s
+                        tile_max = max(tile_max, s)
+                rescale = math.exp2(m - tile_max)  # 0 on the first tile
+                l *= rescale
+                for c in range(D):
+                    acc[c] *= rescale
+                for j in range(BK):
+                    if j < in_tile:
+                        p = math.exp2(scores[t, j] - tile_max)
+                        l += p
+                        for c in range(D):
+                            acc[c] += p * v_tile[j, c]
+                m = tile_max
+            cuda.syncthreads()  # the next tile overwrites shared memory
+
+        if live:
+            if l > float32(0.0):
+                inv_l = float32(1.0) / l
+                for c in range(D):
+                    out[b, h, row, c] = acc[c] * inv_l
+                lse[b, h, row] = (m + math.log2(l)) * LN2
+            else:  # no real key: an empty sum
+                for c in range(D):
+                    out[b, h, row, c] = float32(0.0)
+                lse[b, h, row] = NEG_INF
+
+    return attention_forward_kernel
+
+
+@cache
+def delta_kernel(head_dim: int, block_q: int):
+    """delta <- rowsum(dO * O); grid (ceil(S / block_q), B * heads), block_q threads."""
+    D, BQ = head_dim, block_q
+
+    @cuda.jit(fastmath=True)
+    def attention_delta_kernel(out, grad_out, delta):
+        # out, grad_out: (B, H, S, D); delta: (B, H, S)
+        heads = out.shape[1]
+        b = cuda.blockIdx.y // heads
+        h = cuda.blockIdx.y - b * heads
+        row = cuda.blockIdx.x * BQ + cuda.threadIdx.x
+        if row < out.shape[2]:
+            total = float32(0.0)
+            for c in range(D):
+                total += out[b, h, row, c] * grad_out[b, h, row, c]
+            delta[b, h, row] = total
+
+    return attention_delta_kernel
+
+
+@cache
+def dkdv_kernel(head_dim: int, block_keys: int, query_tile: int):
+    """dK, dV for one key block; grid (ceil(S / block_keys), B * heads), block_keys threads.
+
+    One thread per key j; it loops over *all* query rows (padded query rows attend to real keys
+    too) in tiles of ``query_tile`` staged in shared memory, and keeps dk_j, dv_j in registers.
+    Its own k_j and v_j sit in shared memory with rows padded to D + 1 floats, so the 32
+    threads of a warp reading column c of 32 different rows hit 32 different banks.
+    """
+    D, BK, BQ = head_dim, block_keys, query_tile
+    DP = D + 1  # padded row length: conflict-free column reads
+
+    @cuda.jit(fastmath=True)
+    def attention_dkdv_kernel(q, k, v, grad_out, lse, delta, lengths, scale_log2, scale, dk, dv):
+        t = cuda.threadIdx.x
+        heads = q.shape[1]
+        b = cuda.blockIdx.y // heads
+        h = cuda.blockIdx.y - b * heads
+        seq = q.shape[2]
+        n = lengths[b]
+        key = cuda.blockIdx.x * BK + t
+        real = key < n  # a real key: gradients to accumulate
+        inside = key < seq
+
+        k_own = cuda.shared.array((BK, DP), float32)
+        v_own = cuda.shared.array((BK, DP), float32)
+        q_tile = cuda.shared.array((BQ, D), float32)
+        do_tile = cuda.shared.array((BQ, D), float32)
+        lse_tile = cuda.shared.array(BQ, float32)  # in base 2
+        delta_tile = cuda.shared.array(BQ, float32)
+        dk_acc = cuda.local.array(D, float32)
+        dv_acc = cuda.local.array(D, float32)
+
+        for c in range(D):
+            k_own[t, c] = k[b, h, key, c] * scale_log2 if real else float32(0.0)
+            v_own[t, c] = v[b, h, key, c] if real else float32(0.0)
+            dk_acc[c] = float32(0.0)
+            dv_acc[c] = float32(0.0)
+
+        if cuda.blockIdx.x * BK < n:  # the whole block is uniform here: syncthreads is safe
+            for q0 in range(0, seq, BQ):
+                for idx in range(t, BQ * D, BK):
+                    i = idx // D
+                    c = idx - i * D
+                    if q0 + i < seq:
+                        q_tile[i, c] = q[b, h, q0 + i, c]
+                        do_tile[i, c] = grad_out[b, h, q0 + i, c]
+                for i in range(t, BQ, BK):
+                    if q0 + i < seq:
+                        lse_tile[i] = lse[b, h, q0 + i] * LOG2E
+                        delta_tile[i] = delta[b, h, q0 + i]
+                cuda.syncthreads()
+                in_tile = min(BQ, seq - q0)
+                if real:
+                    for i in range(in_tile):
+                        s = float32(0.0)  # base-2 score q_i . k_j * scale * log2(e)
+                        dp = float32(0.0)  # dO_i . v_j
+                        for c in range(D):
+                            s += q_tile[i, c] * k_own[t, c]
+                            dp += do_tile[i, c] * v_own[t, c]
+                        p = math.exp2(s - lse_tile[i])
+                        ds = p * (dp - delta_tile[i])
+                        for c in range(D):
+                            dv_acc[c] += p * do_tile[i, c]
+                            dk_acc[c] += ds * q_tile[i, c]
+                cuda.syncthreads()
+
+        if inside:  # padded keys get exact zeros
+            for c in range(D):
+                dk[b, h, key, c] = dk_acc[c] * scale
+                dv[b, h, key, c] = dv_acc[c]
+
+    return attention_dkdv_kernel
+
+
+@cache
+def dq_kernel(head_dim: int, block_q: int, block_k: int):
+    """dQ for one query block; grid (ceil(S / block_q), B * heads), block_q threads.
+
+    One thread per query row i: q_i (pre-scaled) and dq_i in registers, dO_i in a padded
+    shared row, keys and values staged tile by tile like the forward pass.
+    """
+    D, BQ, BK = head_dim, block_q, block_k
+    DP = D + 1
+
+    @cuda.jit(fastmath=True)
+    def attention_dq_kernel(q, k, v, grad_out, lse, delta, lengths, scale_log2, scale, dq):
+        t = cuda.threadIdx.x
+        heads = q.shape[1]
+        b = cuda.blockIdx.y // heads
+        h = cuda.blockIdx.y - b * heads
+        seq = q.shape[2]
+        n = lengths[b]
+        row = cuda.blockIdx.x * BQ + t
+        live = row < seq
+
+        do_own = cuda.shared.array((BQ, DP), float32)
+        k_tile = cuda.shared.array((BK, D), float32)
+        v_tile = cuda.shared.array((BK, D), float32)
+        q_row = cuda.local.array(D, float32)
+        dq_acc = cuda.local.array(D, float32)
+
+        for c in range(D):
+            q_row[c] = q[b, h, row, c] * scale_log2 if live else float32(0.0)
+            do_own[t, c] = grad_out[b, h, row, c] if live else float32(0.0)
+            dq_acc[c] = float32(0.0)
+        row_lse = lse[b, h, row] * LOG2E if live else float32(0.0)
+        row_delta = delta[b, h, row] if live else float32(0.0)
+
+        for k0 in range(0, n, BK):
+            for idx in range(t, BK * D, BQ):
+                j = idx // D
+                c = idx - j * D
+                if k0 + j < n:
+                    k_tile[j, c] = k[b, h, k0 + j, c]
+                    v_tile[j, c] = v[b, h, k0 + j, c]
+            cuda.syncthreads()
+            in_tile = min(BK, n - k0)
+            if live:
+                for j in range(BK):
+                    if j < in_tile:
+                        s = float32(0.0)
+                        dp = float32(0.0)
+                        for c in range(D):
+                            s += q_row[c] * k_tile[j, c]
+                            dp += do_own[t, c] * v_tile[j, c]
+                        ds = math.exp2(s - row_lse) * (dp - row_delta)
+                        for c in range(D):
+                            dq_acc[c] += ds * k_tile[j, c]
+            cuda.syncthreads()
+
+        if live:
+            for c in range(D):
+                dq[b, h, row, c] = dq_acc[c] * scale
+
+    return attention_dq_kernel
+
+
+# ----------------------------------------------------------------------------------------------
+# Raw-array API
+# ----------------------------------------------------------------------------------------------
+
+
+def supports(q) -> bool:
+    """True when the kernels handle arrays shaped like ``q``: float32 (B, H, S, d), d <= 64."""
+    return q.ndim == 4 and q.dtype == np.float32 and 1 <= q.shape[3] <= MAX_HEAD_DIM
+
+
+def _array_module(a):
+    if isinstance(a, np.ndarray):
+        if not numba_config.ENABLE_CUDASIM:
+            raise ValueError(
+                "the fused attention kernels run on CuPy arrays; move the tensors to the GPU "
+                "(tensor.to('cuda')) or use the reference path (kernels='reference')"
+            )
+        return np
+    import cupy
+
+    return cupy
+
+
+def _check(q, k, v) -> None:
+    if not (q.shape == k.shape == v.shape) or q.ndim != 4:
+        raise ValueError(
+            f"q, k, v must all be (B, heads, S, d); got {q.shape}, {k.shape}, {v.shape}"
+        )
+    if not supports(q) or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(
+            f"the fused attention kernels need float32 with head dim <= {MAX_HEAD_DIM}; got "
+            f"{q.dtype}/{k.dtype}/{v.dtype} with d = {q.shape[3]}: use the reference path"
+        )
+
+
+def _empty(xp, shape):
+    return xp.full(shape, np.nan, dtype=np.float32) if POISON else xp.empty(shape, np.float32)
+
+
+def _launch(xp, kernel, grid, block, *args) -> None:
+    if xp is np:  # the simulator
+        kernel[grid, block](*args)
+        return
+    import cupy
+
+    # Run on CuPy's current stream so the launch is ordered with the surrounding CuPy work.
+    kernel[grid, block, _numba_stream(cupy.cuda.get_current_stream().ptr)](*args)
+
+
+@lru_cache(maxsize=16)
+def _numba_stream(pointer: int):
+    """Numba's handle on a CUDA stream that CuPy owns (made once per stream)."""
+    return cuda.external_stream(pointer)
+
+
+def _lengths(xp, lengths, batch: int, seq: int):
+    """(B,) int32 on the arrays' device, clipped to [0, S] (no device sync)."""
+    lengths = xp.asarray(lengths)
+    if lengths.shape != (batch,):
+        raise ValueError(f"lengths must be (B,) = ({batch},), got shape {lengths.shape}")
+    return xp.clip(lengths, 0, seq).astype(np.int32)
+
+
+def attention_forward(q, k, v, lengths, scale: float, block_q=None, block_k=None):
+    """Returns ``(out, lse)``: out (B, H, S, d) float32 and the natural log-sum-exp (B, H, S).
+
+    ``lengths[b]`` is the number of real (leading) tokens of sequence b; the rest is padding.
+    """
+    xp = _array_module(q)
+    _check(q, k, v)
+    batch, heads, seq, dim = q.shape
+    sizes = tiles(dim)
+    bq, bk = block_q or sizes["block_q"], block_k or sizes["block_k"]
+    lengths = _lengths(xp, lengths, batch, seq)
+    out = _empty(xp, q.shape)  # (B, H, S, d)
+    lse = _empty(xp, q.shape[:3])  # (B, H, S)
+    scale_log2 = np.float32(scale * math.log2(math.e))
+    grid = ((seq + bq - 1) // bq, batch * heads)
+    _launch(xp, forward_kernel(dim, bq, bk), grid, bq, q, k, v, lengths, scale_log2, out, lse)
+    return out, lse
+
+
+def attention_backward(
+    q, k, v, out, lse, grad_out, lengths, scale: float, block_q=None, block_k=None
+):
+    """Returns ``(dq, dk, dv)``, each (B, H, S, d), from the forward's ``out`` and ``lse``."""
+    xp = _array_module(q)
+    _check(q, k, v)
+    batch, heads, seq, dim = q.shape
+    sizes = tiles(dim)
+    bq, bk = block_q or sizes["block_q"], block_k or sizes["block_k"]
+    lengths = _lengths(xp, lengths, batch, seq)
+    scale_log2 = np.float32(scale * math.log2(math.e))
+    scale = np.float32(scale)
+    grad_out = xp.asarray(grad_out, dtype=np.float32)
+
+    delta = _empty(xp, q.shape[:3])  # (B, H, S)
+    query_grid = ((seq + bq - 1) // bq, batch * heads)
+    _launch(xp, delta_kernel(dim, bq), query_grid, bq, out, grad_out, delta)
+
+    dq, dk, dv = _empty(xp, q.shape), _empty(xp, q.shape), _empty(xp, q.shape)
+    # The dK/dV kernel mirrors the dQ kernel: block_q threads each own one key, and queries
+    # are staged block_k at a time (the same shared-memory budget).
+    key_grid = ((seq + bq - 1) // bq, batch * heads)
+    kernel = dkdv_kernel(dim, bq, bk)
+    args = (q, k, v, grad_out, lse, delta, lengths, scale_log2, scale)
+    _launch(xp, kernel, key_grid, bq, *args, dk, dv)
+    _launch(xp, dq_kernel(dim, bq, bk), query_grid, bq, *args, dq)
+    return dq, dk, dv
+
+
+class FusedAttention(Function):
+    """softmax(q k^T * scale, padded keys removed) v as one autograd Function.
+
+    ``FusedAttention.apply(q, k, v, lengths=lengths, scale=1 / sqrt(d))`` with q, k, v
+    (B, H, S, d) float32 CuPy arrays or Tensors and ``lengths`` (B,) the count of real (leading)
+    tokens per sequence. Saves q, k, v, the output and the log-sum-exp: O(S) per row, not S x S.
+    """
+
+    def forward(self, q, k, v, *, lengths, scale):
+        out, lse = attention_forward(q, k, v, lengths, scale)
+        self.save_for_backward(q, k, v, out, lse)
+        self.lengths, self.scale = lengths, scale
+        return out
+
+    def backward(self, grad):
+        q, k, v, out, lse = self.saved_tensors
+        return attention_backward(q, k, v, out, lse, grad, self.lengths, self.scale)
+
+
+# The attention mask of a batch is the same array for every layer: remember the last one so
+# its lengths are computed (and the device synchronised) once per batch, not once per layer.
+_last_mask: list = [None, None]  # [mask, lengths or None when the kernels cannot take it]
+
+
+def _lengths_from_mask(mask, seq: int):
+    """(B,) int32 lengths when ``mask`` (B, S) is right padding with a real token in every
+    sequence; otherwise None (the reference path then runs, with Hugging Face's semantics)."""
+    if _last_mask[0] is mask:
+        return _last_mask[1]
+    xp = _array_module(mask)
+    real = mask != 0  # (B, S)
+    lengths = real.sum(axis=1).astype(np.int32)  # (B,)
+    right_padded = (real == (xp.arange(seq)[None, :] < lengths[:, None])).all()
+    # A sequence with no real token: the kernels give zeros, Hugging Face a uniform average
+    # over the padding. Such rows reach no loss, but both paths must agree, so fall back.
+    usable = bool(right_padded & (lengths.min() > 0))  # the one device sync
+    _last_mask[:] = [mask, lengths if usable else None]
+    return _last_mask[1]
+
+
+def fused_attention_or_none(q, k, v, attention_mask, scale: float):
+    """``FusedAttention`` for ``F.scaled_dot_product_attention``, or None when the kernels
+    cannot run these inputs (dtype, head dim, left or inner padding, an all-padding sequence)
+    and the caller should use the reference path."""
+    raw_q, raw_k, raw_v = (a.data if isinstance(a, Tensor) else a for a in (q, k, v))
+    if not (supports(raw_q) and raw_q.shape == raw_k.shape == raw_v.shape):
+        return None
+    if raw_k.dtype != raw_q.dtype or raw_v.dtype != raw_q.dtype:
+        return None
+    batch, _, seq, _ = raw_q.shape
+    if attention_mask is None:
+        xp = _array_module(raw_q)
+        lengths = xp.full((batch,), seq, dtype=np.int32)
+    else:
+        if attention_mask.shape != (batch, seq):
+            return None
+        lengths = _lengths_from_mask(attention_mask, seq)
+        if lengths is None:
+            return None
+    return FusedAttention.apply(q, k, v, lengths=lengths, scale=scale)
