@@ -124,7 +124,7 @@ def build_corpus(cfg: TrainConfig, log) -> Corpus:
         if cfg.vocab:
             tokenizer = BertTokenizer(cfg.vocab)
         else:
-            from tinymlm.tokenizer import train_wordpiece
+            from tinymlm.wordpiece_trainer import train_wordpiece
 
             log(f"training a WordPiece vocabulary of {cfg.vocab_size} tokens on the corpus")
             tokenizer = BertTokenizer.from_vocab(train_wordpiece(documents, cfg.vocab_size))
