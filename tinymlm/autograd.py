@@ -110,7 +110,8 @@ def _topological_order(root: Tensor) -> list[Tensor]:
         stack.append((node, True))
         if node._ctx is not None:
             for parent in node._ctx.inputs or ():  # None: freed by an earlier backward()
-                if isinstance(parent, Tensor) and parent.requires_grad and id(parent) not in visited:
+                wanted = isinstance(parent, Tensor) and parent.requires_grad
+                if wanted and id(parent) not in visited:
                     stack.append((parent, False))
     return order
 

@@ -30,7 +30,9 @@ def cupy_module():
         try:
             import cupy
         except ImportError as e:
-            raise RuntimeError(f"CUDA needs CuPy, which is not installed: {CUPY_INSTALL_HINT}") from e
+            raise RuntimeError(
+                f"CUDA needs CuPy, which is not installed: {CUPY_INSTALL_HINT}"
+            ) from e
         _cupy = cupy
     return _cupy
 

@@ -74,7 +74,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", required=True, help="a model folder (a run folder works)")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print one JSON array on stdout")
-    parser.add_argument("texts", nargs="+", help='sentences with [MASK], e.g. "The cat sat on the [MASK]."')
+    parser.add_argument("texts", nargs="+",
+                        help='sentences with [MASK], e.g. "The cat sat on the [MASK]."')
     args = parser.parse_args(argv)
     from tinymlm.checkpoint import CheckpointError
     from tinymlm.nn.bert import BertForMaskedLM

@@ -10,6 +10,8 @@ The fused operations of a neural network (softmax, layer norm, attention, ...) l
 
 from __future__ import annotations
 
+import itertools
+
 from tinymlm import backend
 from tinymlm.autograd import Function, Tensor
 
@@ -85,7 +87,10 @@ class Power(Function):
     def backward(self, g):
         a, b, out = self.saved_tensors
         ga = g * b * a ** (b - 1) if self.needs_input_grad[0] else None
-        gb = g * out * _xp(a).log(a) if self.needs_input_grad[1] else None
+        gb = None
+        if self.needs_input_grad[1]:  # log of the base in out's dtype: log(2.0) would be float64
+            xp = _xp(out)
+            gb = g * out * xp.log(xp.asarray(a, dtype=out.dtype))
         return ga, gb
 
 
@@ -153,7 +158,10 @@ class Where(Function):
 
 
 class MatMul(Function):
-    """Batched a @ b for a (..., m, k), b (..., k, n): ga = g bᵀ, gb = aᵀ g (batch dims broadcast)."""
+    """Batched a @ b for a (..., m, k), b (..., k, n): ga = g bᵀ, gb = aᵀ g.
+
+    Batch dimensions broadcast; the engine sums the gradients back over them.
+    """
 
     def forward(self, a, b):
         self.save_for_backward(a, b)
@@ -262,7 +270,7 @@ class Concatenate(Function):
 
     def backward(self, g):
         xp = _xp(g)
-        cuts = [sum(self.sizes[: i + 1]) for i in range(len(self.sizes) - 1)]
+        cuts = list(itertools.accumulate(self.sizes[:-1]))  # (`sum` here is ops.sum)
         return tuple(xp.split(g, cuts, axis=self.axis))
 
 
@@ -354,7 +362,7 @@ def gather(a, axis: int, index):
     index = _raw(index)
     xp = _xp(index)
     axis = axis % index.ndim
-    grids = xp.meshgrid(*[xp.arange(n) for n in index.shape], indexing="ij", sparse=True)
+    grids = list(xp.meshgrid(*[xp.arange(n) for n in index.shape], indexing="ij", sparse=True))
     grids[axis] = index
     return getitem(a, tuple(grids))
 

@@ -230,7 +230,10 @@ class Embedding(Function):
 
 
 def embedding(ids, weight):
-    return Embedding.apply(weight, _raw(ids))
+    ids = _raw(ids)
+    if not hasattr(ids, "reshape"):  # a list of ids
+        ids = _xp(_raw(weight)).asarray(ids)
+    return Embedding.apply(weight, ids)
 
 
 # --- cross-entropy ------------------------------------------------------------------------------
