@@ -1,0 +1,184 @@
+"""GPU check, cross-entropy section: validate the fused kernels on the GPU, then time them.
+
+``run(report, quick)`` is called by ``benchmarks/gpu_check.py``. It validates the CUDA kernels
+(every block size, float32 and float64, ragged V, ignored rows, outliers) against a float64
+NumPy reference, then times forward + backward with CUDA events at M in {4096, 16384},
+V = 30522, float32, beside CuPy's plain path and PyTorch's ``cross_entropy`` (TF32 off).
+CuPy and PyTorch are imported inside ``run``, so importing this file needs neither.
+
+Bytes: the forward reads the logits once (M·V·4 B); the backward reads them and writes the
+gradient over them (2·M·V·4 B). Bandwidth is compared with a measured device-to-device copy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+IGNORE = -100
+V_BERT = 30522
+
+
+def _reference(logits, targets, scale):
+    x = logits.astype(np.float64)  # (M, V)
+    m = x.max(axis=1, keepdims=True)
+    lse = (m + np.log(np.exp(x - m).sum(axis=1, keepdims=True)))[:, 0]  # (M,)
+    valid = targets != IGNORE
+    rows, t = np.arange(len(targets)), np.where(valid, targets, 0)
+    loss = np.where(valid, lse - x[rows, t], 0.0)
+    grad = np.exp(x - lse[:, None])
+    grad[rows, t] -= 1.0
+    grad *= np.where(valid, scale, 0.0)[:, None]
+    return loss, lse, grad
+
+
+def _inputs(cp, M, V, dtype, seed):
+    rng = np.random.default_rng(seed)
+    logits = rng.standard_normal((M, V)).astype(dtype)  # (M, V)
+    if M:
+        logits[np.arange(M), rng.integers(0, V, M)] += dtype(30)  # a large outlier per row
+    targets = rng.integers(0, V, M).astype(np.int64)
+    targets[::7] = IGNORE
+    return logits, targets, cp.asarray(logits), cp.asarray(targets)
+
+
+def _validate(cp, ce) -> list[str]:
+    lines = []
+    for dtype, tol in ((np.float32, 2e-5), (np.float64, 1e-11)):
+        for M, V in ((257, V_BERT), (9, 1001), (3, 5), (0, 17)):
+            logits, targets, d_logits, d_targets = _inputs(cp, M, V, dtype, seed=M + V)
+            want_loss, want_lse, want_grad = _reference(logits, targets, 0.25)
+            for block in (128, 256, 512, 1024):
+                loss, lse = ce.cuda_forward(d_logits, d_targets, block=block)
+                grad = cp.full_like(d_logits, np.nan)  # poisoned
+                ce.cuda_backward(d_logits, d_targets, lse, 0.25, out=grad, block=block)
+                in_place = d_logits.copy()
+                ce.cuda_backward(in_place, d_targets, lse, 0.25, out=in_place, block=block)
+                for what, got, want in (
+                    ("loss", loss, want_loss),
+                    ("lse", lse, want_lse),
+                    ("grad", grad, want_grad),
+                    ("grad in place", in_place, want_grad),
+                ):
+                    np.testing.assert_allclose(
+                        cp.asnumpy(got), want, rtol=tol, atol=tol,
+                        err_msg=f"{what} M={M} V={V} {dtype.__name__} block={block}",
+                    )  # fmt: skip
+    # Through the autograd Function: mean loss, in-place gradient, all-ignored.
+    from tinymlm import Tensor
+
+    logits, targets, d_logits, _ = _inputs(cp, 64, V_BERT, np.float32, seed=1)
+    x = Tensor(d_logits, requires_grad=True)
+    loss = ce.FusedCrossEntropy.apply(x * 1.0, targets)
+    loss.backward()
+    count = int((targets != IGNORE).sum())
+    want_loss, _, want_grad = _reference(logits, targets, 1.0 / count)
+    np.testing.assert_allclose(float(loss.data), want_loss.sum() / count, rtol=1e-5)
+    np.testing.assert_allclose(cp.asnumpy(x.grad), want_grad, rtol=2e-5, atol=2e-7)
+    none = ce.FusedCrossEntropy.apply(Tensor(d_logits[:4]), cp.full(4, IGNORE))
+    assert float(none.data) == 0.0
+    lines.append("cross-entropy: validated (float32/float64, blocks 128-1024, Function): ok")
+    return lines
+
+
+def _time_ms(cp, fn, repeats):
+    fn()
+    start, stop = cp.cuda.Event(), cp.cuda.Event()
+    times = []
+    for _ in range(repeats):
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, stop))
+    return float(np.median(times))
+
+
+def _plain_cupy(cp, logits, targets):
+    """The reference path's math on CuPy: log-softmax, gathered loss, softmax - onehot."""
+    valid = targets != IGNORE
+    count = cp.maximum(valid.sum(), 1)
+    shifted = logits - logits.max(axis=1, keepdims=True)  # (M, V)
+    logp = shifted - cp.log(cp.exp(shifted).sum(axis=1, keepdims=True))  # (M, V)
+    rows, t = cp.arange(len(targets)), cp.where(valid, targets, 0)
+    loss = -(logp[rows, t] * valid).sum() / count
+    grad = cp.exp(logp)  # (M, V)
+    grad[rows, t] -= 1
+    grad *= (valid / count).astype(logits.dtype)[:, None]
+    return loss, grad
+
+
+def run(report: dict, quick: bool) -> list[str]:
+    import cupy as cp
+
+    from tinymlm.kernels import cross_entropy as ce
+
+    lines = _validate(cp, ce)
+    section = report.setdefault("cross_entropy", {})
+    repeats = 5 if quick else 20
+
+    # Measured copy bandwidth (read + write), the yardstick for a streaming kernel.
+    a = cp.empty(256 * 2**20, np.float32)
+    b = cp.empty_like(a)
+    copy_ms = _time_ms(cp, lambda src=a, dst=b: cp.copyto(dst, src), repeats)
+    copy_gbs = 2 * a.nbytes / copy_ms / 1e6
+    a = b = None  # free the 2 GB before the kernels run
+    section["copy_GBps"] = copy_gbs
+    lines.append(f"device-to-device copy: {copy_gbs:.0f} GB/s (read + write)")
+
+    try:
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    except ImportError:
+        torch = None
+
+    lines += [
+        "| M | V | fused fwd ms (GB/s) | fused bwd ms (GB/s) | fused total | CuPy plain | "
+        "PyTorch fwd+bwd | vs PyTorch |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for M in (4096,) if quick else (4096, 16384):
+        _, _, logits, targets = _inputs(cp, M, V_BERT, np.float32, seed=M)
+        work = logits.copy()
+        scale = cp.asarray([1.0 / M], np.float32)
+        loss_rows, lse = ce.cuda_forward(logits, targets)
+        fwd = _time_ms(cp, lambda lg=logits, t=targets: ce.cuda_forward(lg, t), repeats)
+        bwd = _time_ms(
+            cp,
+            lambda w=work, t=targets, c=lse, k=scale: ce.cuda_backward(w, t, c, k, out=w),
+            repeats,
+        )
+        gb = logits.nbytes / 1e9
+        plain = _time_ms(cp, lambda lg=logits, t=targets: _plain_cupy(cp, lg, t), repeats)
+        row = {
+            "M": M,
+            "V": V_BERT,
+            "fused_forward_ms": fwd,
+            "fused_backward_ms": bwd,
+            "forward_GBps": gb / fwd * 1e3,
+            "backward_GBps": 2 * gb / bwd * 1e3,
+            "forward_fraction_of_copy": gb / fwd * 1e3 / copy_gbs,
+            "backward_fraction_of_copy": 2 * gb / bwd * 1e3 / copy_gbs,
+            "cupy_plain_ms": plain,
+        }
+        torch_ms = float("nan")
+        if torch is not None:
+            tl = torch.from_dlpack(logits).clone().requires_grad_(True)
+            tt = torch.from_dlpack(targets)
+
+            def torch_step(tl=tl, tt=tt):
+                tl.grad = None
+                torch.nn.functional.cross_entropy(tl, tt, ignore_index=IGNORE).backward()
+
+            torch_ms = _time_ms(cp, torch_step, repeats)
+            row["torch_ms"] = torch_ms
+        section[f"M{M}"] = row
+        total = fwd + bwd
+        lines.append(
+            f"| {M} | {V_BERT} | {fwd:.3f} ({row['forward_GBps']:.0f}) | "
+            f"{bwd:.3f} ({row['backward_GBps']:.0f}) | {total:.3f} | {plain:.3f} | "
+            f"{torch_ms:.3f} | {torch_ms / total:.2f}× |"
+        )
+        del work, loss_rows, lse
+    return lines

@@ -1,0 +1,519 @@
+r"""Fused masked softmax + cross-entropy: Numba kernels for the CPU and the GPU.
+
+For M rows of logits :math:`x_i \in \mathbb{R}^V` with targets :math:`t_i` (``ignore_index``
+marks a row that is not predicted) and :math:`N = \#\{i : t_i \ne \text{ignore}\}`:
+
+.. math::
+
+    L_i = \log \sum_j e^{x_{ij}} = m_i + \log \sum_j e^{x_{ij} - m_i}, \quad
+    m_i = \max_j x_{ij}, \qquad
+    \ell = \frac{1}{N} \sum_{i:\,t_i \ne \text{ignore}} (L_i - x_{i t_i}),
+
+.. math::
+
+    \frac{\partial \ell}{\partial x_{ij}} =
+    \frac{g}{N}\,\bigl(e^{x_{ij} - L_i} - [j = t_i]\bigr)
+    \quad (\text{zero for ignored rows; } g = \text{the incoming gradient}).
+
+``ℓ`` is exactly 0, with a zero gradient, when N = 0.
+
+The plain path materialises log-probabilities and probabilities, each an M x V array, and
+walks them several times. Here the logits are streamed:
+
+* forward, one read of each row: the maximum m and the sum s of e^{x - m} (on the GPU an
+  *online softmax*: a running maximum, and when a new maximum m' arrives the sum so far is
+  rescaled by e^{m - m'}); only L_i and the per-row losses (M floats each) are written;
+* backward, one read and one write of each row: e^{x - L} - onehot, times g/N, written **over
+  the logits**. The logits buffer becomes the gradient (see :class:`FusedCrossEntropy`).
+
+No M x V array is allocated (except a gradient buffer when the logits must be kept, see
+:class:`FusedCrossEntropy`), so the rows need no splitting into chunks: any M whose logits fit
+in memory fits here.
+
+GPU (:func:`cuda_forward_kernel`, :func:`cuda_backward_kernel`): one block per row. Each
+thread folds its strided slice of the row into its own (m, s), ``ILP`` loads in flight at a
+time; the block then merges the pairs with warp shuffles and one shared-memory step (a
+shared-memory tree under Numba's CUDA simulator, which has no shuffles). The backward grid
+walks the rows in reverse: the last rows the forward pass read are the ones most likely still
+in L2. Variants and timings: ``kernels/cross_entropy.py`` (the lab).
+
+CPU (:func:`cpu_forward`, :func:`cpu_backward`): the same passes with ``numba.njit``; the row
+(120 KB at V = 30522) stays in cache between the max and the sum sweeps. Rows are spread over
+threads (``prange``) when the call is large enough to pay for it; e^x is computed in plain
+float32 arithmetic the compiler vectorises (see ``_exp_f32``). Whether this beats the NumPy
+path is measured by ``benchmarks/bench_cross_entropy_cpu.py``; :func:`cpu_kernel_is_faster`
+encodes the verdict.
+"""
+
+from __future__ import annotations
+
+import math
+import types as pytypes
+from functools import cache
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import config as numba_config
+from numba import cuda, njit, prange, types
+from numba.extending import intrinsic, overload
+
+from tinymlm.autograd import Function
+
+WARP = 32
+DEFAULT_BLOCK = 512  # threads per row on the GPU: a first choice, until the lab's sweep on a GPU
+ILP = 4  # loads each thread keeps in flight on the GPU
+USE_SHUFFLES = not numba_config.ENABLE_CUDASIM  # the simulator has no warp shuffles
+
+
+def cpu_kernel_is_faster(M: int, V: int) -> bool:
+    """The measured verdict: does the Numba CPU kernel beat the NumPy reference path here?
+
+    Yes at every size measured (benchmarks/results/cross_entropy_cpu.md, M x V from 100 to
+    18M, forward + backward): 2x where Python overhead dominates (two kernel calls instead of
+    a dozen array operations), 2.3-2.5x while a few rows of a 30k vocabulary stay in cache,
+    4-10x once the reference path's M x V temporaries no longer do. So: always.
+    """
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU: numba.njit, parallel over rows. Compiled on first call, then cached on disk.
+# ---------------------------------------------------------------------------------------------
+
+
+# NumPy's exp is vectorised (SIMD); the math.exp a Numba loop calls is not: one libm call per
+# element, three quarters of the kernel's time when it was used here. So the float32 kernel
+# computes e^x itself, in plain arithmetic the compiler turns into SIMD code:
+#     e^x = 2^y, y = x log2(e) = k + f with k = round(y), |f| <= 1/2,
+#     2^f = e^{f ln 2} by its Taylor series to degree 7 (relative error below 1e-8 on |f| <= 1/2),
+#     2^k by writing k + 127 into the exponent bits of a float32.
+# Valid for x <= 88 (the kernels only call it on x - max <= 0); e^x = 0 below 2^-126.
+
+_LOG2E = np.float32(math.log2(math.e))
+_TAYLOR = tuple(np.float32(math.log(2.0) ** n / math.factorial(n)) for n in range(8))
+
+
+@intrinsic
+def _int32_bits_as_float32(typingctx, bits):
+    """Reinterpret an int32's bits as a float32 (C's union trick), one LLVM bitcast."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.int32), codegen
+
+
+@njit(fastmath=True)
+def _exp_f32(x):
+    y = max(x * _LOG2E, np.float32(-127.0))  # (-inf and underflow land on the 0 branch below)
+    k = np.floor(y + np.float32(0.5))  # np.floor keeps float32 (math.floor gives an int64)
+    f = y - k
+    c0, c1, c2, c3, c4, c5, c6, c7 = _TAYLOR
+    p = ((((((c7 * f + c6) * f + c5) * f + c4) * f + c3) * f + c2) * f + c1) * f + c0
+    two_k = _int32_bits_as_float32((np.int32(k) + np.int32(127)) << np.int32(23))
+    return p * two_k if y > np.float32(-126.0) else np.float32(0.0)
+
+
+def _exp(x):
+    """e^x inside the CPU kernels: the SIMD-friendly one for float32, libm's for float64."""
+    return math.exp(x)
+
+
+@overload(_exp)
+def _exp_typed(x):
+    if x == types.float32:
+        return lambda x: _exp_f32(x)
+    return lambda x: math.exp(x)
+
+
+@njit(fastmath=True)
+def _row_max(row):
+    """max(row) with eight independent running maxima.
+
+    A single running maximum is a chain of dependent comparisons the compiler does not turn
+    into SIMD code (one element per ~2 cycles); eight chains run side by side, 4x faster.
+    """
+    V = row.size
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = row[0]
+    n = V - V % 8
+    for j in range(0, n, 8):
+        a0 = max(a0, row[j])
+        a1 = max(a1, row[j + 1])
+        a2 = max(a2, row[j + 2])
+        a3 = max(a3, row[j + 3])
+        a4 = max(a4, row[j + 4])
+        a5 = max(a5, row[j + 5])
+        a6 = max(a6, row[j + 6])
+        a7 = max(a7, row[j + 7])
+    for j in range(n, V):
+        a0 = max(a0, row[j])
+    return max(max(max(a0, a1), max(a2, a3)), max(max(a4, a5), max(a6, a7)))
+
+
+def _forward_rows(logits, targets, ignore_index, loss, lse):
+    M, V = logits.shape
+    for i in prange(M):
+        row = logits[i]  # (V,)
+        m = _row_max(row)
+        s = _exp(row[0] - m)  # the logits' dtype; fastmath lets the sum run in SIMD lanes
+        for j in range(1, V):
+            s += _exp(row[j] - m)
+        lse[i] = m + math.log(s)
+        t = targets[i]
+        loss[i] = 0.0 if t == ignore_index else lse[i] - row[t]
+
+
+def _backward_rows_in_place(grad, targets, ignore_index, lse, scale):
+    # One array read and written at the same index: the compiler can prove the loop safe to
+    # vectorise. (With separate input and output arrays that might overlap, it falls back to
+    # scalar code when they do, which made the in-place call ten times slower.)
+    M, V = grad.shape
+    for i in prange(M):
+        t = targets[i]
+        if t == ignore_index:
+            grad[i, :] = 0.0
+            continue
+        row = grad[i]  # (V,) the logits on entry, the gradient on exit
+        c = lse[i]
+        for j in range(V):
+            row[j] = _exp(row[j] - c) * scale
+        row[t] -= scale
+
+
+def _compile(fn, parallel: bool):
+    """``njit`` one of the row loops above, threaded over rows (``prange``) or not.
+
+    Both versions are cached on disk; the copy gets its own name so the two caches differ.
+    """
+    if not parallel:
+        fn = pytypes.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial")
+        fn.__qualname__ = fn.__name__
+    return njit(parallel=parallel, fastmath=True, cache=True)(fn)
+
+
+# Calls below this many logits run in the calling thread. Waking the thread pool costs little on
+# an idle machine but, when other processes keep the cores busy, a parallel loop waits for its
+# slowest thread to be scheduled: 50x slower than one thread at M x V = 500k (measured with
+# benchmarks/bench_cross_entropy_cpu.py at a load average of 12). Above ~4M logits the work
+# amortises that risk.
+_PARALLEL_MIN_ELEMENTS = 1 << 22
+_cpu_forward = {p: _compile(_forward_rows, p) for p in (False, True)}
+_cpu_backward_in_place = {p: _compile(_backward_rows_in_place, p) for p in (False, True)}
+
+
+def _threaded(logits) -> bool:
+    return logits.size >= _PARALLEL_MIN_ELEMENTS
+
+
+def _check(logits, targets, ignore_index: int):
+    if logits.ndim != 2 or logits.dtype not in (np.float32, np.float64):
+        raise ValueError(
+            f"logits must be a float32 or float64 (M, V) array, got {logits.dtype} {logits.shape}"
+        )
+    if targets.shape != logits.shape[:1]:
+        raise ValueError(f"targets must be (M,) = ({logits.shape[0]},), got {targets.shape}")
+    if logits.shape[0] and logits.shape[1] == 0:
+        raise ValueError("logits have V = 0 classes: a softmax needs at least one")
+
+
+def _check_targets_cpu(targets, V: int, ignore_index: int) -> None:
+    bad = (targets != ignore_index) & ((targets < 0) | (targets >= V))
+    if bad.any():
+        raise ValueError(
+            f"targets must be in [0, {V}) or equal ignore_index={ignore_index}; got "
+            f"{targets[bad][:5].tolist()}"
+        )
+
+
+def cpu_forward(logits: np.ndarray, targets: np.ndarray, ignore_index: int = -100):
+    """Per-row losses (M,) and log-sum-exps (M,) of NumPy logits, in the logits' dtype."""
+    targets = np.ascontiguousarray(targets, dtype=np.int64)
+    _check(logits, targets, ignore_index)
+    _check_targets_cpu(targets, logits.shape[1], ignore_index)
+    logits = np.ascontiguousarray(logits)
+    loss = np.empty(logits.shape[0], logits.dtype)
+    lse = np.empty(logits.shape[0], logits.dtype)
+    if logits.shape[0]:
+        _cpu_forward[_threaded(logits)](logits, targets, np.int64(ignore_index), loss, lse)
+    return loss, lse
+
+
+def cpu_backward(logits, targets, lse, scale, ignore_index: int = -100, out=None):
+    """(e^{x - L} - onehot) * scale for every row (0 for ignored rows), written into ``out``.
+
+    ``out`` may be ``logits`` itself (the in-place gradient); ``None`` allocates a new array.
+    """
+    targets = np.ascontiguousarray(targets, dtype=np.int64)
+    if out is None:
+        out = logits.copy()
+    elif out is not logits:
+        np.copyto(out, logits)
+    if logits.shape[0]:
+        kernel = _cpu_backward_in_place[_threaded(out)]
+        kernel(out, targets, np.int64(ignore_index), lse, out.dtype.type(scale))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU: Numba CUDA, one block per row. Kernels are built once per (dtype, block, options).
+# ---------------------------------------------------------------------------------------------
+
+
+@cache
+def _block_reduce(dtype: str, block: int, shuffles: bool):
+    """A device function merging every thread's (m, s) into the row's (m, s), for all threads.
+
+    Merging two online-softmax states: m = max(m1, m2), s = s1 e^{m1 - m} + s2 e^{m2 - m}.
+    """
+    ftype = numba.float32 if dtype == "float32" else numba.float64
+    warps = block // WARP
+
+    @cuda.jit(device=True, inline=True)
+    def merge(m1, s1, m2, s2):
+        m = max(m1, m2)
+        return m, s1 * math.exp(m1 - m) + s2 * math.exp(m2 - m)
+
+    if shuffles:
+
+        @cuda.jit(device=True, inline=True)
+        def warp_reduce(m, s):
+            offset = WARP // 2
+            while offset > 0:
+                m2 = cuda.shfl_xor_sync(0xFFFFFFFF, m, offset)
+                s2 = cuda.shfl_xor_sync(0xFFFFFFFF, s, offset)
+                m, s = merge(m, s, m2, s2)
+                offset //= 2
+            return m, s
+
+        @cuda.jit(device=True, inline=True)
+        def reduce(m, s):
+            shared_m = cuda.shared.array(warps, ftype)
+            shared_s = cuda.shared.array(warps, ftype)  # own line: the simulator aliases else
+            tid = cuda.threadIdx.x
+            m, s = warp_reduce(m, s)
+            if tid % WARP == 0:
+                shared_m[tid // WARP] = m
+                shared_s[tid // WARP] = s
+            cuda.syncthreads()
+            # Every warp merges the per-warp states itself: no second barrier is needed.
+            lane = tid % WARP
+            m = shared_m[lane] if lane < warps else shared_m[0]
+            s = shared_s[lane] if lane < warps else ftype(0)
+            return warp_reduce(m, s)
+
+        return reduce
+
+    @cuda.jit(device=True, inline=True)
+    def reduce(m, s):
+        shared_m = cuda.shared.array(block, ftype)
+        shared_s = cuda.shared.array(block, ftype)  # own line: the simulator aliases else
+        tid = cuda.threadIdx.x
+        shared_m[tid] = m
+        shared_s[tid] = s
+        cuda.syncthreads()
+        stride = block // 2
+        while stride > 0:  # a tree: half the threads merge their partner each step
+            if tid < stride:
+                m2, s2 = merge(
+                    shared_m[tid], shared_s[tid], shared_m[tid + stride], shared_s[tid + stride]
+                )
+                shared_m[tid] = m2
+                shared_s[tid] = s2
+            cuda.syncthreads()
+            stride //= 2
+        return shared_m[0], shared_s[0]
+
+    return reduce
+
+
+def _ftype(dtype: str):
+    return numba.float32 if dtype == "float32" else numba.float64
+
+
+@cache
+def cuda_forward_kernel(
+    dtype: str = "float32",
+    block: int = DEFAULT_BLOCK,
+    ilp: int = ILP,
+    shuffles: bool = USE_SHUFFLES,
+):
+    """Kernel ``(logits (M, V), targets (M,), ignore_index, loss (M,), lse (M,))``, grid M."""
+    if block % WARP or block & (block - 1):
+        raise ValueError(f"block must be a power of two >= {WARP}, got {block}")
+    ftype = _ftype(dtype)
+    lowest = ftype(np.finfo(dtype).min)  # a finite start: merging two empty states stays 0
+    reduce = _block_reduce(dtype, block, shuffles)
+    stride = block * ilp
+
+    @cuda.jit(fastmath=True)
+    def cross_entropy_forward(logits, targets, ignore_index, loss, lse):
+        row = cuda.blockIdx.x
+        tid = cuda.threadIdx.x
+        V = logits.shape[1]
+        m = lowest
+        s = ftype(0)
+        xs = cuda.local.array(ilp, ftype)  # unrolled by the compiler into registers
+        for start in range(tid, V, stride):
+            # Issue the ILP loads first, then fold them in: the loads overlap in flight.
+            for k in range(ilp):
+                j = start + k * block
+                if j < V:
+                    xs[k] = logits[row, j]
+            for k in range(ilp):
+                if start + k * block < V:
+                    x = xs[k]
+                    if x > m:  # a new maximum: rescale the sum so far
+                        s = s * math.exp(m - x) + ftype(1)
+                        m = x
+                    else:
+                        s += math.exp(x - m)
+        m, s = reduce(m, s)
+        if tid == 0:
+            log_z = m + math.log(s)
+            lse[row] = log_z
+            t = targets[row]
+            if t == ignore_index:
+                loss[row] = ftype(0)
+            elif t >= 0 and t < V:
+                loss[row] = log_z - logits[row, t]
+            else:  # a bad target: a NaN loss says so without a device sync
+                loss[row] = ftype(math.nan)
+
+    return cross_entropy_forward
+
+
+@cache
+def cuda_backward_kernel(dtype: str = "float32", block: int = DEFAULT_BLOCK, reverse: bool = True):
+    """Kernel ``(logits, targets, ignore_index, lse, scale (1,), grad)``, grid M.
+
+    ``grad`` may be ``logits``: each element is read, then written, by the same thread.
+    """
+    ftype = _ftype(dtype)
+
+    @cuda.jit(fastmath=True)
+    def cross_entropy_backward(logits, targets, ignore_index, lse, scale, grad):
+        M, V = logits.shape
+        row = M - 1 - cuda.blockIdx.x if reverse else cuda.blockIdx.x
+        t = targets[row]
+        k = scale[0]
+        if t == ignore_index:
+            k = ftype(0)
+        c = lse[row]
+        for j in range(cuda.threadIdx.x, V, block):
+            g = math.exp(logits[row, j] - c) * k
+            if j == t:
+                g -= k
+            grad[row, j] = g
+
+    return cross_entropy_backward
+
+
+def _device_module(a):
+    """cupy for CuPy arrays; numpy only under the simulator (the tests' way in)."""
+    if isinstance(a, np.ndarray):
+        if not numba_config.ENABLE_CUDASIM:
+            raise ValueError("the CUDA kernels take CuPy arrays; NumPy arrays go to cpu_forward")
+        return np
+    import cupy
+
+    return cupy
+
+
+def _launch(xp, kernel, grid: int, block: int, *args) -> None:
+    if grid == 0:
+        return
+    if xp is np:  # the simulator
+        kernel[grid, block](*args)
+        return
+    import cupy
+
+    # Run on CuPy's current stream so the launch is ordered with the surrounding CuPy work.
+    with cuda.external_stream(cupy.cuda.get_current_stream().ptr) as stream:
+        kernel[grid, block, stream](*args)
+
+
+def cuda_forward(logits, targets, ignore_index: int = -100, block: int = DEFAULT_BLOCK):
+    """Per-row losses and log-sum-exps of CuPy logits (no device sync; a bad target -> NaN)."""
+    xp = _device_module(logits)
+    targets = xp.ascontiguousarray(xp.asarray(targets), dtype=np.int64)
+    _check(logits, targets, ignore_index)
+    logits = xp.ascontiguousarray(logits)
+    M = logits.shape[0]
+    loss = xp.empty(M, logits.dtype)
+    lse = xp.empty(M, logits.dtype)
+    kernel = cuda_forward_kernel(logits.dtype.name, block)
+    _launch(xp, kernel, M, block, logits, targets, np.int64(ignore_index), loss, lse)
+    return loss, lse
+
+
+def cuda_backward(
+    logits, targets, lse, scale, ignore_index: int = -100, out=None, block: int = DEFAULT_BLOCK
+):
+    """The gradient (e^{x - L} - onehot) * scale into ``out`` (may be ``logits``).
+
+    ``scale`` is a device array of one element (or a scalar), so no value is read back.
+    """
+    xp = _device_module(logits)
+    targets = xp.ascontiguousarray(xp.asarray(targets), dtype=np.int64)
+    scale = xp.asarray(scale, dtype=logits.dtype).reshape(1)
+    out = xp.empty_like(logits) if out is None else out
+    kernel = cuda_backward_kernel(logits.dtype.name, block)
+    _launch(
+        xp, kernel, logits.shape[0], block, logits, targets, np.int64(ignore_index), lse, scale, out
+    )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The autograd Function.
+# ---------------------------------------------------------------------------------------------
+
+
+class FusedCrossEntropy(Function):
+    """Mean cross-entropy over the rows whose target != ignore_index, on the fused kernels.
+
+    ``FusedCrossEntropy.apply(logits (M, V), targets (M,), ignore_index=-100)`` -> 0-d Tensor.
+    NumPy logits run the Numba CPU kernel, CuPy logits the CUDA kernel.
+
+    In place: when the logits are an intermediate result with a buffer of their own (not a
+    leaf Tensor, not a view into another array), ``backward`` writes the gradient over the
+    logits buffer and passes that buffer on, so the loss needs no M x V memory of its own.
+    Read ``out.logits`` before ``loss.backward()``. Otherwise the gradient goes to a new
+    array and the logits are left as they were.
+
+    Targets outside [0, V) (other than ignore_index) raise a ValueError on the CPU; on the GPU
+    they give a NaN loss instead (checking them would wait for the device).
+    """
+
+    def forward(self, logits, targets, *, ignore_index: int = -100):
+        on_gpu = not isinstance(logits, np.ndarray)
+        xp = _device_module(logits) if on_gpu else np
+        targets = xp.asarray(targets)
+        contiguous = xp.ascontiguousarray(logits)
+        # Our own copy, or an array that owns its memory (a view would write through to its base).
+        self.owns_buffer = contiguous is not logits or logits.base is None
+        logits = contiguous
+        if on_gpu:
+            loss, lse = cuda_forward(logits, targets, ignore_index)
+        else:
+            loss, lse = cpu_forward(logits, targets, ignore_index)
+        count = xp.maximum((targets != ignore_index).sum(), 1)  # N, or 1 when no row counts
+        self.save_for_backward(logits, targets, lse, count)
+        self.ignore_index = ignore_index
+        return xp.asarray(loss.sum() / count, dtype=logits.dtype)  # 0-d
+
+    def backward(self, grad):
+        if not self.needs_input_grad[0]:
+            return None, None
+        logits, targets, lse, count = self.saved_tensors
+        parent = self.inputs[0] if self.inputs else None
+        leaf = parent is None or getattr(parent, "is_leaf", True)
+        out = logits if self.owns_buffer and not leaf else None  # None: a new array
+        if isinstance(logits, np.ndarray):
+            scale = float(grad) / float(count)
+            g = cpu_backward(logits, targets, lse, scale, self.ignore_index, out=out)
+        else:
+            scale = grad.astype(logits.dtype) / count.astype(logits.dtype)  # stays on the device
+            g = cuda_backward(logits, targets, lse, scale, self.ignore_index, out=out)
+        return g, None
