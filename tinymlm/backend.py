@@ -131,11 +131,13 @@ def erf(x):
 
 
 def scatter_add(target, indices, values) -> None:
-    """``target[indices[i]] += values[i]`` with repeated indices adding up (in place)."""
-    if is_cupy_array(target):
-        import cupyx
+    """``target[indices[i]] += values[i]`` with repeated indices adding up (in place).
 
-        cupyx.scatter_add(target, indices, values)
+    ``add.at`` on both devices (CuPy's runs on atomics; its older ``cupyx.scatter_add`` is
+    deprecated).
+    """
+    if is_cupy_array(target):
+        cupy_module().add.at(target, indices, values)
     else:
         np.add.at(target, indices, values)
 
