@@ -12,6 +12,11 @@ top-level files point through, so a reader (or a crash) never mixes two steps.
 
 Reproducible: every random choice is seeded from ``--seed`` and the step number, so
 ``--stop-after K`` followed by ``--resume DIR`` ends with the same bytes as one run.
+
+``--objective electra`` pretrains ELECTRA instead (``tinymlm/electra.py``): a generator of
+``--generator-size`` times the width fills in the masked tokens and the model that is trained
+and saved at the top of the run folder is the discriminator, a BERT encoder to fine-tune. The
+generator and the discriminator's head are kept beside it in ``electra.safetensors``.
 """
 
 from __future__ import annotations
@@ -40,8 +45,7 @@ MODEL_SIZES = {  # name: (layers, hidden); heads = hidden / 64, intermediate = 4
     "mini": (4, 256),
     "small": (4, 512),
 }
-CHECKPOINT_FILES = ("config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json",
-                    "optimizer.safetensors", "trainer_state.json")
+OBJECTIVES = ("mlm", "electra")
 
 
 class UsageError(Exception):
@@ -74,6 +78,9 @@ class TrainConfig:
     vocab_size: int = 8000
     vocab: str | None = None
     tinyworld_docs: int = 6000
+    objective: str = "mlm"
+    generator_size: float = 0.25  # electra: the generator's width as a fraction of the model's
+    electra_weight: float = 50.0  # electra: λ in loss = MLM + λ·RTD
 
     def check(self) -> None:
         positive = ("steps", "batch_size", "grad_accum", "eval_every", "save_every", "log_every",
@@ -90,9 +97,17 @@ class TrainConfig:
             raise UsageError(f"--model-size must be one of {list(MODEL_SIZES)}")
         if not 0 <= self.dropout < 1 or not 0 < self.mlm_probability < 1:
             raise UsageError("--dropout must be in [0, 1) and --mlm-probability in (0, 1)")
+        if self.objective not in OBJECTIVES:
+            raise UsageError(f"--objective must be one of {list(OBJECTIVES)}")
+        if not 0 < self.generator_size <= 1:
+            raise UsageError(f"--generator-size must be a fraction in (0, 1], "
+                             f"got {self.generator_size}")
+        if not (self.electra_weight > 0 and math.isfinite(self.electra_weight)):
+            raise UsageError(f"--electra-weight must be a positive number, "
+                             f"got {self.electra_weight}")
 
 
-# --- data ------------------------------------------------------------------------------------------
+# --- data -----------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -163,10 +178,12 @@ def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return _orders[key]
 
 
-# --- the model and its cost ------------------------------------------------------------------------
+# --- the model and its cost -----------------------------------------------------------------------
 
 
-def make_model(cfg: TrainConfig, vocab_size: int) -> BertForMaskedLM:
+def make_model(cfg: TrainConfig, vocab_size: int, special_ids=()):
+    """BertForMaskedLM, or for electra the ElectraForPretraining whose discriminator has the
+    chosen size (``special_ids``: tokens its generator must never sample)."""
     layers, hidden = MODEL_SIZES[cfg.model_size]
     config = BertConfig(
         vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
@@ -175,6 +192,11 @@ def make_model(cfg: TrainConfig, vocab_size: int) -> BertForMaskedLM:
         attention_probs_dropout_prob=cfg.dropout,
     )
     backend.manual_seed(cfg.seed)
+    if cfg.objective == "electra":
+        from tinymlm.electra import ElectraForPretraining, generator_config
+
+        return ElectraForPretraining(config, generator_config(config, cfg.generator_size),
+                                     special_ids, rtd_weight=cfg.electra_weight)
     return BertForMaskedLM(config)
 
 
@@ -187,31 +209,62 @@ def train_flops(config: BertConfig, batch: int, seq: int, predicted: int) -> flo
     return 3.0 * (batch * seq * per_token + head)
 
 
-# --- evaluation ------------------------------------------------------------------------------------
+def model_flops(model, batch: int, seq: int, predicted: int) -> float:
+    """train_flops of the model; for ELECTRA, its discriminator (no MLM head) plus generator."""
+    if hasattr(model, "generator"):
+        return (train_flops(model.config, batch, seq, 0)
+                + train_flops(model.generator.config, batch, seq, predicted))
+    return train_flops(model.config, batch, seq, predicted)
+
+
+# --- evaluation -----------------------------------------------------------------------------------
 
 
 def evaluate(model, corpus: Corpus, cfg: TrainConfig, device: str) -> dict:
-    """Masked-token loss, accuracy and perplexity on the held-out sequences (fixed masks)."""
+    """Masked-token loss, accuracy and perplexity on the held-out sequences (fixed masks).
+
+    ELECTRA: those of its generator, plus the discriminator's replaced-token-detection loss
+    and accuracy (fixed masks and samples)."""
     from tinymlm.data import MLMCollator
 
     collate = MLMCollator(corpus.tokenizer, mlm_probability=cfg.mlm_probability,
                           seed=cfg.seed + 1_000_003)
+    electra = cfg.objective == "electra"
+    if electra:
+        from tinymlm.electra import sampling_generator
+
+        samples = sampling_generator(device, cfg.seed + 2_000_003)
     model.eval()
     total_loss, right, count = 0.0, 0, 0
+    rtd_loss, rtd_right, tokens = 0.0, 0.0, 0
     with no_grad():
         for start in range(0, len(corpus.eval_ids), cfg.batch_size):
             batch = collate(corpus.eval_ids[start:start + cfg.batch_size],
                             corpus.eval_mask[start:start + cfg.batch_size])
-            out = model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"])
             targets = batch["labels"][batch["labels"] != -100]
-            predicted = backend.to_numpy(out.logits.data.argmax(axis=-1))
-            total_loss += float(out.loss.item()) * len(targets)
+            if electra:
+                out = model(batch["input_ids"], batch["attention_mask"], batch["labels"],
+                            generator=samples)
+                loss, logits = out.mlm_loss, out.generator_logits
+                real = int(batch["attention_mask"].sum())
+                rtd_loss += float(out.rtd_loss.item()) * real
+                rtd_right += float(out.rtd_accuracy) * real
+                tokens += real
+            else:
+                out = model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"])
+                loss, logits = out.loss, out.logits
+            predicted = backend.to_numpy(logits.data.argmax(axis=-1))
+            total_loss += float(loss.item()) * len(targets)
             right += int((predicted == targets).sum())
             count += len(targets)
     model.train()
     loss = total_loss / max(count, 1)
-    return {"eval_loss": loss, "eval_accuracy": right / max(count, 1),
-            "eval_perplexity": math.exp(min(loss, 50.0))}
+    result = {"eval_loss": loss, "eval_accuracy": right / max(count, 1),
+              "eval_perplexity": math.exp(min(loss, 50.0))}
+    if electra:
+        result.update(eval_rtd_loss=rtd_loss / max(tokens, 1),
+                      eval_rtd_accuracy=rtd_right / max(tokens, 1))
+    return result
 
 
 def knowledge_report(model, tokenizer, log) -> dict:
@@ -233,7 +286,7 @@ def knowledge_report(model, tokenizer, log) -> dict:
     return {"fact_accuracy": overall, "fact_accuracy_per_relation": accuracy}
 
 
-# --- the run folder --------------------------------------------------------------------------------
+# --- the run folder -------------------------------------------------------------------------------
 
 
 def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, collator) -> None:
@@ -262,7 +315,7 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, colla
     os.symlink(os.path.join("checkpoints", step_dir.name), tmp)
     os.replace(tmp, link)  # the moment the new checkpoint becomes the checkpoint
     _fsync_dir(run_dir)
-    for name in CHECKPOINT_FILES:  # top-level names, through `current`
+    for name in sorted(os.listdir(step_dir)):  # top-level names, through `current`
         top = run_dir / name
         if not top.is_symlink():
             os.symlink(os.path.join("current", name), top)
@@ -286,7 +339,7 @@ def load_checkpoint(run_dir: Path, model, optimizer, collator) -> int:
     current = run_dir / "current"
     try:
         state = json.loads((current / "trainer_state.json").read_text())
-        loaded = BertForMaskedLM.from_pretrained(current, dtype=model.dtype)
+        loaded = type(model).from_pretrained(current, dtype=model.dtype)
         arrays = load_file(current / "optimizer.safetensors")
     except (OSError, ValueError, SafetensorError) as e:
         raise UsageError(f"the checkpoint in {run_dir} is missing or damaged ({e}); start a new "
@@ -327,7 +380,7 @@ def plot_curves(run_dir: Path, rows: list[dict]) -> None:
     plt.close(fig)
 
 
-# --- the loop --------------------------------------------------------------------------------------
+# --- the loop -------------------------------------------------------------------------------------
 
 
 def train(cfg: TrainConfig, run_dir: Path, device: str = "cpu", resume: bool = False,
@@ -339,7 +392,7 @@ def train(cfg: TrainConfig, run_dir: Path, device: str = "cpu", resume: bool = F
 
     kernels.set_kernels(cfg.kernels)
     corpus = build_corpus(cfg, log)
-    model = make_model(cfg, len(corpus.tokenizer))
+    model = make_model(cfg, len(corpus.tokenizer), corpus.tokenizer.all_special_ids)
     optimizer = AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98),
                       eps=1e-6)
     collator = MLMCollator(corpus.tokenizer, mlm_probability=cfg.mlm_probability, seed=cfg.seed,
@@ -379,7 +432,7 @@ def train(cfg: TrainConfig, run_dir: Path, device: str = "cpu", resume: bool = F
                 out = model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"])
                 (out.loss * (1.0 / cfg.grad_accum)).backward()
                 loss_sum = out.loss.data if loss_sum is None else loss_sum + out.loss.data
-                window_flops += train_flops(model.config, cfg.batch_size, cfg.max_length,
+                window_flops += model_flops(model, cfg.batch_size, cfg.max_length,
                                             int((batch["labels"] != -100).sum()))
             grad_norm = clip_grad_norm_(model.parameters(), cfg.clip_norm)
             optimizer.set_lr(lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.decay))
@@ -410,8 +463,10 @@ def train(cfg: TrainConfig, run_dir: Path, device: str = "cpu", resume: bool = F
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 result = evaluate(model, corpus, cfg, device)
                 rows.append({"step": step, **result})
+                rtd = (f", replaced-token detection {result['eval_rtd_accuracy']:.1%}"
+                       if "eval_rtd_accuracy" in result else "")
                 bar.write(f"step {step}: held-out loss {result['eval_loss']:.3f}, accuracy "
-                          f"{result['eval_accuracy']:.1%}", file=sys.stderr)
+                          f"{result['eval_accuracy']:.1%}{rtd}", file=sys.stderr)
             if step % cfg.save_every == 0 or step == cfg.steps or step == stop_after:
                 save_checkpoint(run_dir, step, model, corpus.tokenizer, optimizer, collator)
                 write_metrics()
@@ -428,7 +483,7 @@ def train(cfg: TrainConfig, run_dir: Path, device: str = "cpu", resume: bool = F
         raise SystemExit(130) from None
     bar.close()
     final = {"step": step}
-    if step == cfg.steps and cfg.corpus == ["tinyworld"]:
+    if step == cfg.steps and cfg.corpus == ["tinyworld"] and cfg.objective == "mlm":
         log("what the model learned:")
         final.update(knowledge_report(model, corpus.tokenizer, log))
         rows.append(final)
@@ -438,7 +493,7 @@ def train(cfg: TrainConfig, run_dir: Path, device: str = "cpu", resume: bool = F
     return final
 
 
-# --- the command line ------------------------------------------------------------------------------
+# --- the command line -----------------------------------------------------------------------------
 
 
 def parse_args(argv):
@@ -455,11 +510,18 @@ def parse_args(argv):
                        ("mlm-probability", float), ("vocab-size", int), ("tinyworld-docs", int)]:
         p.add_argument(f"--{name}", type=kind, default=None,
                        help=f"default {getattr(d, name.replace('-', '_'))}")
+    p.add_argument("--objective", choices=list(OBJECTIVES), default=None,
+                   help="mlm (default) or electra (generator + replaced-token detection)")
+    p.add_argument("--generator-size", type=float, default=None,
+                   help=f"electra: generator width / model width, default {d.generator_size}")
+    p.add_argument("--electra-weight", type=float, default=None,
+                   help=f"electra: λ in loss = MLM + λ·RTD, default {d.electra_weight}")
     p.add_argument("--decay", choices=["linear", "cosine", "constant"], default=None)
     p.add_argument("--masking", choices=["token", "whole_word", "span", "exact"], default=None)
     p.add_argument("--kernels", choices=list(kernels.MODES), default=None)
     p.add_argument("--vocab", default=None, help="a vocab.txt to use instead of training one")
-    p.add_argument("--out", default=None, help="the run folder (default runs/<corpus>-<size>-<time>)")
+    p.add_argument("--out", default=None,
+                   help="the run folder (default runs/<corpus>-<size>-<time>)")
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the run saved in DIR")
     p.add_argument("--stop-after", type=int, default=None, metavar="K",
                    help="save after step K and exit (as an interruption would)")
@@ -490,13 +552,18 @@ def main(argv=None) -> int:
         else:
             cfg = TrainConfig(**{k.replace("-", "_"): v for k, v in settings.items()})
             cfg.check()
+            electra_only = [k for k in ("generator_size", "electra_weight") if k in settings]
+            if electra_only and cfg.objective != "electra":
+                raise UsageError(f"--{electra_only[0].replace('_', '-')} is a setting of "
+                                 "--objective electra only")
             if cfg.corpus != ["tinyworld"]:
                 missing = [c for c in cfg.corpus if not Path(c).exists()]
                 if missing:
                     raise UsageError(f"corpus not found: {missing[0]}; give text files or "
                                      "folders, or leave --corpus out to use tinyworld")
             name = "tinyworld" if cfg.corpus == ["tinyworld"] else Path(cfg.corpus[0]).stem
-            run_dir = Path(args.out or f"runs/{name}-{cfg.model_size}-{time.strftime('%Y%m%d-%H%M%S')}")
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            run_dir = Path(args.out or f"runs/{name}-{cfg.model_size}-{stamp}")
             if run_dir.exists() and any(run_dir.iterdir()):
                 raise UsageError(f"run folder {run_dir} already exists: use --resume {run_dir} "
                                  "to continue it, or choose another --out")
@@ -506,8 +573,12 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         train(cfg, run_dir, device=device, resume=bool(args.resume), stop_after=args.stop_after,
               log=log)
-        log(f"done in {time.perf_counter() - start:.0f} s; try: python -m tinymlm.fill_mask "
-            f"--model {run_dir} \"Paris is the capital of [MASK].\"")
+        if cfg.objective == "electra":
+            log(f"done in {time.perf_counter() - start:.0f} s; {run_dir} holds the discriminator, "
+                "a BERT encoder: BertModel.from_pretrained(run_dir), then fine-tune it")
+        else:
+            log(f"done in {time.perf_counter() - start:.0f} s; try: python -m tinymlm.fill_mask "
+                f"--model {run_dir} \"Paris is the capital of [MASK].\"")
         return 0
     except (UsageError, CheckpointError, FileNotFoundError, ValueError, FloatingPointError,
             RuntimeError) as e:

@@ -10,6 +10,7 @@ intermediate size, V the vocabulary, M the number of predicted (masked) position
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -232,6 +233,20 @@ def _as_array(a, like, dtype=np.int64):
                                                   dtype=dtype)
 
 
+_initialize = True  # False while building a model only to load weights into it
+
+
+@contextmanager
+def skip_init():
+    """Build models without drawing their random initialisation (loading overwrites it)."""
+    global _initialize
+    previous, _initialize = _initialize, False
+    try:
+        yield
+    finally:
+        _initialize = previous
+
+
 class BertPreTrainedModel(Module):
     """Initialisation, saving and loading shared by every BERT model."""
 
@@ -240,6 +255,8 @@ class BertPreTrainedModel(Module):
     def init_weights(self) -> None:
         """BERT's initialisation: normal(0, initializer_range) matrices and embeddings, zero
         biases, LayerNorm weight 1 and bias 0, the padding row zero (CPU generator, seeded)."""
+        if not _initialize:
+            return
         rng = backend.default_generator("cpu")
         std = self.config.initializer_range
         for name, p in self.named_parameters():
@@ -339,7 +356,8 @@ class BertForMaskedLM(BertPreTrainedModel):
         super().__init__()
         self.config = config
         self.sparse_prediction = sparse_prediction
-        self.bert = BertModel(config, add_pooling_layer=False)
+        with skip_init():  # initialised once, below, with the head
+            self.bert = BertModel(config, add_pooling_layer=False)
         self.cls = BertOnlyMLMHead(config, self.bert.embeddings.word_embeddings.weight)
         self.init_weights()
 
@@ -349,14 +367,19 @@ class BertForMaskedLM(BertPreTrainedModel):
         if labels is None:
             return MaskedLMOutput(loss=None, logits=head(hidden))  # (B, S, V)
         B, S, H = hidden.shape
-        labels = _as_array(labels, hidden.data).reshape(-1)  # (B·S,)
         rows = hidden.reshape(B * S, H)  # (B·S, H)
         if self.sparse_prediction:
-            xp = backend.get_array_module(labels)
-            predicted = xp.flatnonzero(labels != -100)  # (M,) row-major positions
+            # Find the M predicted positions where the labels live (the host, when the collator
+            # made them) and copy only those: on the GPU, flatnonzero would wait for the device.
+            flat = _as_array(labels, labels.data if isinstance(labels, Tensor) else labels)
+            flat = flat.reshape(-1)  # (B·S,)
+            predicted = backend.get_array_module(flat).flatnonzero(flat != -100)  # (M,)
+            targets = _as_array(flat[predicted], hidden.data)  # (M,)
+            predicted = _as_array(predicted, hidden.data)
             logits = head(ops.getitem(rows, predicted))  # (M, V)
-            loss = F.cross_entropy(logits, labels[predicted])
+            loss = F.cross_entropy(logits, targets)
             return MaskedLMOutput(loss=loss, logits=logits)
+        labels = _as_array(labels, hidden.data).reshape(-1)  # (B·S,)
         logits = head(rows)  # (B·S, V)
         loss = F.cross_entropy(logits, labels)
         return MaskedLMOutput(loss=loss, logits=logits.reshape(B, S, -1))
