@@ -25,6 +25,11 @@ def __getattr__(name):
         from tinymlm.nn import bert
 
         return getattr(bert, name)
+    if name in ("BertForSequenceClassification", "BertForTokenClassification",
+                "BertForQuestionAnswering"):
+        from tinymlm.nn import heads
+
+        return getattr(heads, name)
     if name == "BertTokenizer":
         from tinymlm.tokenizer import BertTokenizer
 

@@ -111,9 +111,14 @@ def _match_names(state: dict, model) -> dict:
     return renamed
 
 
-def load_model(cls, path, dtype=None, device: str = "cpu"):
-    """Build ``cls`` (BertModel, BertForMaskedLM, ...) from a Hugging Face-format folder."""
-    config = read_config(path)
+def load_model(cls, path, dtype=None, device: str = "cpu", config=None):
+    """Build ``cls`` (BertModel, BertForMaskedLM, ...) from a Hugging Face-format folder.
+
+    ``config`` replaces the folder's config.json (a fine-tuning head sets its labels there).
+    Weights whose names start with one of ``cls._keys_to_initialize`` (a fine-tuning head, a
+    pooler) may be missing: they keep their fresh initialisation and a warning names them.
+    """
+    config = read_config(path) if config is None else config
     model = _skeleton(cls, config)
     state = _match_names(read_weights(path), model)
     stored = {v.dtype for v in state.values() if v.dtype.kind == "f"}
@@ -122,6 +127,8 @@ def load_model(cls, path, dtype=None, device: str = "cpu"):
     model.to(target)
     params = dict(model.named_parameters())
     missing = [n for n in params if n not in state]
+    fresh = [n for n in missing if n.startswith(getattr(cls, "_keys_to_initialize", ()))]
+    missing = [n for n in missing if n not in fresh]
     if missing:
         head = [n for n in missing if n.startswith("cls.")]
         hint = (" — this checkpoint has no MLM head (an encoder-only model): load it with "
@@ -132,7 +139,12 @@ def load_model(cls, path, dtype=None, device: str = "cpu"):
         warnings.warn(
             f"weights in {path} not used by {cls.__name__}: {unexpected}", stacklevel=3
         )
-    model.load_state_dict({n: state[n] for n in params}, strict=True)
+    if fresh:
+        warnings.warn(
+            f"weights of {cls.__name__} not in {path}, newly initialised: {fresh}; train the "
+            "model on a downstream task before using it for predictions", stacklevel=3
+        )
+    model.load_state_dict({n: state[n] for n in params if n not in fresh}, strict=False)
     model.to(device)
     model.eval()
     return model

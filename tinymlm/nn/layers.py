@@ -46,7 +46,7 @@ class Embedding(Module):
         self.weight = Parameter(weight)
 
     def forward(self, ids):
-        return F.embedding(ids, self.weight)
+        return F.embedding(ids, self.weight, self.padding_idx)
 
 
 class LayerNorm(Module):
