@@ -25,12 +25,9 @@ layout of ``tinymlm.train``'s: a Hugging Face model folder at its top level (thr
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
-import os
 import re
-import shutil
 import string
 import sys
 import time
@@ -45,7 +42,7 @@ from tinymlm import backend
 from tinymlm.autograd import no_grad
 from tinymlm.checkpoint import CheckpointError
 from tinymlm.data import tasks as task_data
-from tinymlm.fileio import atomic_path, atomic_write_json, atomic_write_text
+from tinymlm.fileio import atomic_write_json, atomic_write_text
 from tinymlm.nn.bert import BertConfig
 from tinymlm.nn.heads import (
     BertForQuestionAnswering,
@@ -53,6 +50,7 @@ from tinymlm.nn.heads import (
     BertForTokenClassification,
 )
 from tinymlm.optim import AdamW, clip_grad_norm_, lr_at, param_groups
+from tinymlm.runs import epoch_rows, plot_curves, publish_checkpoint
 from tinymlm.train import MODEL_SIZES, UsageError
 
 HEADS = {
@@ -290,14 +288,7 @@ def evaluate(model, task, examples, arrays, tokenizer, cfg) -> dict:
 
 def batch_rows(step: int, batch_size: int, n: int, seed: int) -> np.ndarray:
     """The training rows of ``step`` (1-based): epochs of seeded permutations of the n rows."""
-    positions = np.arange((step - 1) * batch_size, step * batch_size)
-    epochs, offsets = np.divmod(positions, n)
-    return np.array([_epoch_order(seed, int(e), n)[o] for e, o in zip(epochs, offsets)])
-
-
-@functools.lru_cache(maxsize=2)
-def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
-    return np.random.default_rng([seed, 5, epoch]).permutation(n)
+    return epoch_rows(seed, (step - 1) * batch_size, batch_size, n)
 
 
 def _slice(arrays: dict, rows) -> dict:
@@ -311,66 +302,14 @@ def _slice(arrays: dict, rows) -> dict:
 
 
 def save_checkpoint(run_dir: Path, step: int, model, tokenizer, result: dict) -> None:
-    """Write the model into checkpoints/step-N whole, then atomically repoint ``current``."""
-    step_dir = run_dir / "checkpoints" / f"step-{step:07d}"
-    if step_dir.exists():
-        shutil.rmtree(step_dir)
-    model.save_pretrained(step_dir)
-    tokenizer.save_pretrained(step_dir)
-    atomic_write_json(step_dir / "trainer_state.json", {"step": step, **result})
-    tmp = run_dir / ".current.tmp"
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    os.symlink(os.path.join("checkpoints", step_dir.name), tmp)
-    os.replace(tmp, run_dir / "current")  # the moment the new checkpoint becomes the checkpoint
-    for name in (
-        "config.json",
-        "model.safetensors",
-        "vocab.txt",
-        "tokenizer_config.json",
-        "trainer_state.json",
-    ):
-        top = run_dir / name
-        if not top.is_symlink():
-            os.symlink(os.path.join("current", name), top)
-    for old in (run_dir / "checkpoints").iterdir():
-        if old.name != step_dir.name:
-            shutil.rmtree(old, ignore_errors=True)
+    """The model and tokenizer of ``step`` and its metrics, published as one checkpoint."""
 
+    def write(step_dir: Path) -> None:
+        model.save_pretrained(step_dir)
+        tokenizer.save_pretrained(step_dir)
+        atomic_write_json(step_dir / "trainer_state.json", {"step": step, **result})
 
-def plot_curves(run_dir: Path, rows: list[dict], task: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train = [r for r in rows if "loss" in r]
-    evals = [r for r in rows if "eval_accuracy" in r]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss", lw=1)
-    if evals:
-        ax.plot(
-            [r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval loss"
-        )
-        acc = ax.twinx()
-        acc.plot(
-            [r["step"] for r in evals],
-            [r["eval_accuracy"] for r in evals],
-            "s--",
-            color="tab:green",
-            label="eval accuracy",
-        )
-        acc.set_ylim(0, 1)
-        acc.set_ylabel("accuracy")
-        acc.legend(loc="upper center")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (nats)")
-    ax.set_title(f"fine-tuning on {task}: {run_dir.name}")
-    ax.legend(loc="upper right")
-    fig.tight_layout()
-    with atomic_path(run_dir / "loss_curve.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    publish_checkpoint(run_dir, step, write)
 
 
 # --- the loop --------------------------------------------------------------------------------
@@ -440,7 +379,8 @@ def run(cfg: FinetuneConfig, run_dir: Path, task: task_data.Task, tokenizer, log
             atomic_write_text(
                 run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows)
             )
-            plot_curves(run_dir, rows, task.name)
+            plot_curves(run_dir, rows, f"fine-tuning on {task.name}: {run_dir.name}",
+                        "held-out accuracy")
         bar.update(1)
     bar.close()
     return {"task": task.name, "model": cfg.model, "step": cfg.steps, **result}

@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -36,9 +34,10 @@ import numpy as np
 from tinymlm import backend, kernels
 from tinymlm.autograd import no_grad
 from tinymlm.checkpoint import CheckpointError
-from tinymlm.fileio import atomic_path, atomic_write_json, atomic_write_text
+from tinymlm.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from tinymlm.nn.bert import BertConfig, BertForMaskedLM
 from tinymlm.optim import AdamW, clip_grad_norm_, lr_at, param_groups
+from tinymlm.runs import epoch_rows, plot_curves, publish_checkpoint
 
 MODEL_SIZES = {  # name: (layers, hidden); heads = hidden / 64, intermediate = 4 · hidden
     "tiny": (2, 128),
@@ -157,25 +156,9 @@ def build_corpus(cfg: TrainConfig, log) -> Corpus:
 
 
 def batch_rows(step: int, micro: int, cfg: TrainConfig, n_rows: int) -> np.ndarray:
-    """Rows of micro-batch ``micro`` of optimizer step ``step`` (1-based): epochs of seeded
-    permutations, so the data position is a function of the step alone."""
+    """Rows of micro-batch ``micro`` of optimizer step ``step`` (1-based)."""
     start = ((step - 1) * cfg.grad_accum + micro) * cfg.batch_size
-    rows = np.empty(cfg.batch_size, dtype=np.int64)
-    for i in range(cfg.batch_size):
-        epoch, offset = divmod(start + i, n_rows)
-        rows[i] = _epoch_order(cfg.seed, epoch, n_rows)[offset]
-    return rows
-
-
-_orders: dict = {}
-
-
-def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
-    key = (seed, epoch, n)
-    if key not in _orders:
-        _orders.clear()  # only the current epoch (and the next) are ever needed
-        _orders[key] = np.random.default_rng([seed, epoch]).permutation(n)
-    return _orders[key]
+    return epoch_rows(cfg.seed, start, cfg.batch_size, n_rows)
 
 
 # --- the model and its cost -----------------------------------------------------------------------
@@ -290,46 +273,21 @@ def knowledge_report(model, tokenizer, log) -> dict:
 
 
 def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, collator) -> None:
-    """Write a whole checkpoint into checkpoints/step-N, then atomically repoint ``current``."""
+    """Model, tokenizer, optimizer and masking state of ``step``, published as one checkpoint."""
     from safetensors.numpy import save
 
-    step_dir = run_dir / "checkpoints" / f"step-{step:07d}"
-    if step_dir.exists():
-        shutil.rmtree(step_dir)
-    model.save_pretrained(step_dir)
-    tokenizer.save_pretrained(step_dir)
-    opt_state = optimizer.state_dict()
-    from tinymlm.fileio import atomic_write_bytes
+    def write(step_dir: Path) -> None:
+        model.save_pretrained(step_dir)
+        tokenizer.save_pretrained(step_dir)
+        opt_state = optimizer.state_dict()
+        atomic_write_bytes(step_dir / "optimizer.safetensors",
+                           save(opt_state["arrays"], metadata={"step": str(step)}))
+        atomic_write_json(step_dir / "trainer_state.json", {
+            "step": step, "optimizer_step": opt_state["step"],
+            "optimizer_hyper": opt_state["hyper"], "collator": collator.state_dict(),
+        })
 
-    atomic_write_bytes(step_dir / "optimizer.safetensors",
-                       save(opt_state["arrays"], metadata={"step": str(step)}))
-    atomic_write_json(step_dir / "trainer_state.json", {
-        "step": step, "optimizer_step": opt_state["step"], "optimizer_hyper": opt_state["hyper"],
-        "collator": collator.state_dict(),
-    })
-    _fsync_dir(step_dir)
-    link = run_dir / "current"
-    tmp = run_dir / ".current.tmp"
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    os.symlink(os.path.join("checkpoints", step_dir.name), tmp)
-    os.replace(tmp, link)  # the moment the new checkpoint becomes the checkpoint
-    _fsync_dir(run_dir)
-    for name in sorted(os.listdir(step_dir)):  # top-level names, through `current`
-        top = run_dir / name
-        if not top.is_symlink():
-            os.symlink(os.path.join("current", name), top)
-    for old in (run_dir / "checkpoints").iterdir():
-        if old.name != step_dir.name:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    publish_checkpoint(run_dir, step, write)
 
 
 def load_checkpoint(run_dir: Path, model, optimizer, collator) -> int:
@@ -349,35 +307,6 @@ def load_checkpoint(run_dir: Path, model, optimizer, collator) -> int:
                                "arrays": arrays})
     collator.load_state_dict(state["collator"])
     return int(state["step"])
-
-
-def plot_curves(run_dir: Path, rows: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train = [r for r in rows if "loss" in r]
-    evals = [r for r in rows if "eval_loss" in r]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss", lw=1)
-    if evals:
-        ax.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-",
-                label="held-out loss")
-        acc = ax.twinx()
-        acc.plot([r["step"] for r in evals], [r["eval_accuracy"] for r in evals], "s--",
-                 color="tab:green", label="held-out accuracy")
-        acc.set_ylabel("masked-token accuracy")
-        acc.set_ylim(0, 1)
-        acc.legend(loc="upper center")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy (nats)")
-    ax.set_title(f"MLM training: {run_dir.name}")
-    ax.legend(loc="upper right")
-    fig.tight_layout()
-    with atomic_path(run_dir / "loss_curve.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
 
 
 # --- the loop -------------------------------------------------------------------------------------
@@ -419,8 +348,9 @@ def train(cfg: TrainConfig, run_dir: Path, device: str = "cpu", resume: bool = F
     tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.max_length
     last = stop_after if stop_after is not None else cfg.steps
     window_loss, window_steps, window_flops, window_start = 0.0, 0, 0.0, time.perf_counter()
+    # Progress (loss, tokens/s, GFLOP/s, ETA) on stderr; into a log file, every 15 s.
     bar = tqdm(total=cfg.steps, initial=start, desc="training", unit="step", file=sys.stderr,
-               dynamic_ncols=True, disable=None)
+               dynamic_ncols=True, mininterval=0.2 if sys.stderr.isatty() else 15.0)
     step = completed = start
     try:
         for step in range(start + 1, min(last, cfg.steps) + 1):
@@ -470,7 +400,8 @@ def train(cfg: TrainConfig, run_dir: Path, device: str = "cpu", resume: bool = F
             if step % cfg.save_every == 0 or step == cfg.steps or step == stop_after:
                 save_checkpoint(run_dir, step, model, corpus.tokenizer, optimizer, collator)
                 write_metrics()
-                plot_curves(run_dir, rows)
+                plot_curves(run_dir, rows, f"{cfg.objective.upper()} pretraining: {run_dir.name}",
+                            "held-out masked-token accuracy")
             bar.update(1)
     except KeyboardInterrupt:
         bar.close()
