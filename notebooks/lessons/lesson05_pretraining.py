@@ -32,7 +32,7 @@ from tinymlm.optim import AdamW, clip_grad_norm_, lr_at, param_groups
 from tinymlm.train import TrainConfig, build_corpus, evaluate, make_model
 
 cfg = TrainConfig(model_size="tiny", steps=300, batch_size=32, max_length=32, lr=2e-3,
-                  warmup_steps=20, tinyworld_docs=2000, seed=0)
+                  warmup_steps=20, tinyworld_docs=2000, mlm_probability=0.15, seed=0)
 corpus = build_corpus(cfg, print)
 tok = corpus.tokenizer
 print(f"{len(corpus.train_ids)} training and {len(corpus.eval_ids)} held-out sequences "
