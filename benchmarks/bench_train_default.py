@@ -79,7 +79,7 @@ def main() -> int:
         "",
         f"Median wall-clock of {args.runs} whole-process runs: "
         f"**{statistics.median(r['seconds'] for r in results):.0f} s** "
-        f"({', '.join(f'{r['seconds']:.0f}' for r in results)} s).",
+        "(" + ", ".join(f"{r['seconds']:.0f}" for r in results) + " s).",
         "",
         "| run | seconds | held-out loss | held-out accuracy | held-out fact accuracy |",
         "| --- | ---: | ---: | ---: | ---: |",

@@ -9,7 +9,13 @@ the case; the PyTorch namespace converts them.
 
 from __future__ import annotations
 
-import math
+import os
+
+# The tests' matrices are tiny: one BLAS thread is faster than two fighting over 2 cores, and
+# much faster when the machine is busy. Set before NumPy loads OpenBLAS; a user's value wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import math  # noqa: E402
 from types import SimpleNamespace
 
 import numpy as np

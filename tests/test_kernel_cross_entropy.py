@@ -90,17 +90,33 @@ def test_function_loss_and_gradient(dtype):
     np.testing.assert_array_equal(leaf.data, data)  # a leaf's data is never overwritten
 
 
-def test_intermediate_logits_are_overwritten_by_the_gradient():
+def test_logits_promised_to_the_loss_are_overwritten_by_the_gradient():
+    from tinymlm.nn import functional as F
+
     rng = np.random.default_rng(2)
-    data = make_logits(rng, 6, 20, np.float32)
+    h = Tensor(rng.standard_normal((6, 8)).astype(np.float32), requires_grad=True)
+    w = Tensor(rng.standard_normal((20, 8)).astype(np.float32), requires_grad=True)
+    targets = rng.integers(0, 20, 6)
+    logits = F.linear(h, w, reusable_output=True)  # as the MLM head makes them
+    data = logits.data.copy()
+    ce.FusedCrossEntropy.apply(logits, targets).backward()
+    _, _, want_grad = reference(data, targets, 1.0 / 6)
+    np.testing.assert_allclose(logits.data, want_grad, rtol=2e-6, atol=2e-7)  # documented
+    np.testing.assert_allclose(h.grad, want_grad @ w.data, rtol=1e-5, atol=1e-6)
+
+
+def test_other_intermediate_logits_are_left_alone():
+    """An intermediate another Function may have saved must not be overwritten."""
+    rng = np.random.default_rng(2)
+    data = make_logits(rng, 6, 20, np.float64)
     targets = rng.integers(0, 20, 6)
     x = Tensor(data.copy(), requires_grad=True)
-    logits = x * 1.0  # an intermediate, like the MLM head's output
-    loss = ce.FusedCrossEntropy.apply(logits, targets)
+    logits = x * 1.0
+    loss = ce.FusedCrossEntropy.apply(logits, targets) + (logits * logits).sum()
     loss.backward()
     _, _, want_grad = reference(data, targets, 1.0 / 6)
-    np.testing.assert_allclose(x.grad, want_grad, rtol=2e-6, atol=2e-7)
-    np.testing.assert_allclose(logits.data, want_grad, rtol=2e-6, atol=2e-7)  # documented
+    np.testing.assert_array_equal(logits.data, data)
+    np.testing.assert_allclose(x.grad, want_grad + 2 * data, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("M", [0, 4])

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from tinymlm import backend
+from tinymlm import backend, kernels
 
 
 def param_groups(model, weight_decay: float) -> list[dict]:
@@ -63,6 +63,10 @@ class AdamW:
                     self.state[id(p)] = (xp.zeros_like(p.data), xp.zeros_like(p.data))
                 m, v = self.state[id(p)]
                 g = p.grad
+                if self._fused_cpu_step(
+                    p.data, g, m, v, lr, beta1, beta2, eps, decay, step_size, correction2
+                ):
+                    continue
                 if decay:
                     p.data *= 1 - lr * decay
                 m *= beta1
@@ -73,6 +77,19 @@ class AdamW:
                 denom *= 1 / correction2
                 denom += eps
                 p.data -= step_size * (m / denom)
+
+    @staticmethod
+    def _fused_cpu_step(p, g, m, v, lr, beta1, beta2, eps, decay, step_size, correction2) -> bool:
+        """The same update in one Numba pass over NumPy arrays (no temporaries); False when the
+        switch or the arrays send it down the plain path above."""
+        if backend.is_cupy_array(p) or not kernels.kernel_choice(False, True):
+            return False
+        from tinymlm.kernels.cpu_fused import adamw_step, supported
+
+        hyper = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=decay)
+        return supported(p, g, m, v) and adamw_step(
+            p, g, m, v, **hyper, step_size=step_size, correction2=correction2
+        )
 
     # --- saving and resuming ----------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -476,9 +476,9 @@ class FusedCrossEntropy(Function):
     ``FusedCrossEntropy.apply(logits (M, V), targets (M,), ignore_index=-100)`` -> 0-d Tensor.
     NumPy logits run the Numba CPU kernel, CuPy logits the CUDA kernel.
 
-    In place: when the logits are an intermediate result with a buffer of their own (not a
-    leaf Tensor, not a view into another array), ``backward`` writes the gradient over the
-    logits buffer and passes that buffer on, so the loss needs no M x V memory of its own.
+    In place: when the logits were made by ``F.linear(..., reusable_output=True)`` (the MLM
+    head's promise that nothing else reads them) and own their buffer, ``backward`` writes the
+    gradient over the logits and passes that buffer on, so the loss needs no M x V memory.
     Read ``out.logits`` before ``loss.backward()``. Otherwise the gradient goes to a new
     array and the logits are left as they were.
 
@@ -507,9 +507,13 @@ class FusedCrossEntropy(Function):
         if not self.needs_input_grad[0]:
             return None, None
         logits, targets, lse, count = self.saved_tensors
+        # Overwrite the logits only where their maker promised nothing else reads them
+        # (F.linear(..., reusable_output=True), the MLM head): another Function may have saved
+        # any other array for its own backward.
         parent = self.inputs[0] if self.inputs else None
-        leaf = parent is None or getattr(parent, "is_leaf", True)
-        out = logits if self.owns_buffer and not leaf else None  # None: a new array
+        maker = getattr(parent, "_ctx", None)
+        reusable = getattr(maker, "reusable_output", False)
+        out = logits if self.owns_buffer and reusable else None  # None: a new array
         if isinstance(logits, np.ndarray):
             scale = float(grad) / float(count)
             g = cpu_backward(logits, targets, lse, scale, self.ignore_index, out=out)

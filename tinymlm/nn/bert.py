@@ -114,9 +114,16 @@ class BertSelfAttention(Module):
 
     def forward(self, x, attention_mask):
         B, S, H = x.shape
-        q = self._split_heads(self.query(x))  # (B, h, S, d)
-        k = self._split_heads(self.key(x))  # (B, h, S, d)
-        v = self._split_heads(self.value(x))  # (B, h, S, d)
+        # query, key and value as one product with their weights stacked (3H, H): the same
+        # numbers as three Linears, but BLAS is far faster at one (N, H) x (H, 3H) product and
+        # above all at its weight gradient Gᵀ X (3H, H) than at three (H, H) ones, whose tall
+        # reduction over N = B·S OpenBLAS splits badly across threads (benchmarks/results/).
+        parts = (self.query, self.key, self.value)
+        weight = ops.concatenate([p.weight for p in parts], axis=0)  # (3H, H)
+        bias = ops.concatenate([p.bias for p in parts], axis=0)  # (3H,)
+        qkv = F.linear(x, weight, bias).reshape(B, S, 3, self.num_heads, self.head_size)
+        qkv = qkv.permute(2, 0, 3, 1, 4)  # (3, B, h, S, d)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (B, h, S, d) each
         context = F.scaled_dot_product_attention(
             q, k, v, attention_mask, dropout_p=self.dropout_p, training=self.training
         )  # (B, h, S, d)
@@ -334,7 +341,12 @@ class BertLMPredictionHead(Module):
         self._decoder_weight = word_embeddings  # tied: not registered again (plain attribute)
 
     def forward(self, x):
-        return F.linear(self.transform(x), self._decoder_weight, self.bias)  # (..., V)
+        # The logits go only to the loss (or back to the caller), so the fused cross-entropy may
+        # write its gradient over them instead of copying M x V floats (read them before
+        # backward()).
+        return F.linear(
+            self.transform(x), self._decoder_weight, self.bias, reusable_output=True
+        )  # (..., V)
 
 
 class BertOnlyMLMHead(Module):

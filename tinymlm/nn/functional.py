@@ -2,9 +2,10 @@
 
 Arguments follow ``torch.nn.functional``'s positional order. Each Function's docstring carries
 its derivation; ``g`` is the gradient of the loss with respect to the Function's output.
-Where a fused Numba kernel exists (cross-entropy, attention), the functions here choose between
-it and the reference Function below through ``tinymlm.kernels.kernel_choice``; the two are held
-together by tests.
+Where a fused Numba kernel exists (CUDA: cross-entropy, attention; CPU: cross-entropy,
+attention, layer norm, GELU, the embedding gradient, in ``tinymlm.kernels``), the functions here
+choose between it and the reference Function below through ``tinymlm.kernels.kernel_choice``;
+the two are held together by tests.
 """
 
 from __future__ import annotations
@@ -25,6 +26,20 @@ def _raw(a):
     return a.data if isinstance(a, Tensor) else a
 
 
+def _cpu_kernels(*arrays, faster: bool = True):
+    """``tinymlm.kernels.cpu_fused`` when the switch picks the fused CPU kernels for these arrays.
+
+    None for CuPy arrays, for dtypes the kernels don't take, and in "reference" mode; the
+    reference Functions below then run. ``faster``: whether the kernel was measured to beat
+    the reference path on the CPU (what "auto" mode goes by).
+    """
+    if backend.is_cupy_array(arrays[0]) or not kernels.kernel_choice(False, faster):
+        return None
+    from tinymlm.kernels import cpu_fused
+
+    return cpu_fused if cpu_fused.supported(*arrays) else None
+
+
 # --- linear -------------------------------------------------------------------------------------
 
 
@@ -34,27 +49,40 @@ class Linear(Function):
     With x flattened to X (N, in) and g to G (N, out): dX = G W, dW = Gᵀ X, db = Σ_rows G.
     """
 
-    def forward(self, x, weight, bias=None):
+    def forward(self, x, weight, bias=None, reusable_output=False):
         self.save_for_backward(x, weight)
         # Flattened to 2-D: one BLAS call (NumPy's stacked 3-D @ 2-D is several times slower).
         y = x.reshape(-1, x.shape[-1]) @ weight.T  # (N, out)
         if bias is not None:
             y += bias
+        # y itself, not a view: the fused cross-entropy that consumes it may then write its
+        # gradient over it (an MLM head's logits). The loss reads this flag off the Function.
+        self.reusable_output = reusable_output and x.ndim == 2
+        if self.reusable_output:
+            return y
         return y.reshape(*x.shape[:-1], weight.shape[0])  # (..., out)
 
     def backward(self, g):
         x, weight = self.saved_tensors
         g2 = g.reshape(-1, g.shape[-1])  # (N, out)
         gx = (g2 @ weight).reshape(x.shape) if self.needs_input_grad[0] else None  # (..., in)
-        gw = g2.T @ x.reshape(-1, x.shape[-1]) if self.needs_input_grad[1] else None  # (out, in)
+        gw = None
+        if self.needs_input_grad[1]:
+            x2 = x.reshape(-1, x.shape[-1])  # (N, in)
+            if weight.shape[0] >= weight.shape[1]:
+                gw = g2.T @ x2  # (out, in)
+            else:  # BLAS is up to 2x faster making the taller of the two transposed products
+                gw = _xp(x2).ascontiguousarray((x2.T @ g2).T)  # (out, in), C order for AdamW
         gb = g2.sum(axis=0) if len(self.needs_input_grad) > 2 and self.needs_input_grad[2] else None
         return gx, gw, gb
 
 
-def linear(x, weight, bias=None):
+def linear(x, weight, bias=None, reusable_output=False):
+    """``reusable_output=True``: the caller promises the output goes only to a loss, which may
+    then overwrite its buffer during backward (no (M, V) copy); nothing else may read it then."""
     if bias is None:
-        return Linear.apply(x, weight)
-    return Linear.apply(x, weight, bias)
+        return Linear.apply(x, weight, reusable_output=reusable_output)
+    return Linear.apply(x, weight, bias, reusable_output=reusable_output)
 
 
 # --- softmax and log-softmax --------------------------------------------------------------------
@@ -124,7 +152,8 @@ class GELU(Function):
 
 
 def gelu(x):
-    return GELU.apply(x)
+    fused = _cpu_kernels(_raw(x))
+    return (fused.FusedGELU if fused else GELU).apply(x)
 
 
 # --- layer norm ---------------------------------------------------------------------------------
@@ -180,6 +209,10 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
         raise ValueError(
             f"layer_norm: the last axes of x {tuple(_raw(x).shape)} must be {normalized_shape}"
         )
+    if len(normalized_shape) == 1 and weight is not None and bias is not None:
+        fused = _cpu_kernels(_raw(x), _raw(weight), _raw(bias))
+        if fused:
+            return fused.FusedLayerNorm.apply(x, weight, bias, eps=eps)
     return LayerNorm.apply(x, weight, bias, n_axes=len(normalized_shape), eps=eps)
 
 
@@ -217,23 +250,31 @@ def dropout(x, p=0.5, training=True, generator=None):
 
 
 class Embedding(Function):
-    """out = W[ids]. The gradient of row r of W is the sum of g over every position holding r."""
+    """out = W[ids]. The gradient of row r of W is the sum of g over every position holding r;
+    the ``padding_idx`` row gets none (PyTorch's rule: the padding vector stays as it is)."""
 
-    def forward(self, weight, ids):
-        self.ids, self.shape = ids, weight.shape
+    def forward(self, weight, ids, padding_idx=None):
+        self.ids, self.shape, self.padding_idx = ids, weight.shape, padding_idx
         return weight[ids]  # (..., H)
 
     def backward(self, g):
-        gw = _xp(g).zeros(self.shape, dtype=g.dtype)  # (V, H)
-        backend.scatter_add(gw, self.ids.reshape(-1), g.reshape(-1, self.shape[1]))
+        if _cpu_kernels(g):  # one loop over rows instead of np.add.at's element-wise path
+            from tinymlm.kernels.cpu_fused import embedding_backward
+
+            gw = embedding_backward(self.ids, g, self.shape[0])
+        else:
+            gw = _xp(g).zeros(self.shape, dtype=g.dtype)  # (V, H)
+            backend.scatter_add(gw, self.ids.reshape(-1), g.reshape(-1, self.shape[1]))
+        if self.padding_idx is not None:
+            gw[self.padding_idx] = 0
         return gw, None
 
 
-def embedding(ids, weight):
+def embedding(ids, weight, padding_idx=None):
     ids = _raw(ids)
     if not hasattr(ids, "reshape"):  # a list of ids
         ids = _xp(_raw(weight)).asarray(ids)
-    return Embedding.apply(weight, ids)
+    return Embedding.apply(weight, ids, padding_idx=padding_idx)
 
 
 # --- cross-entropy ------------------------------------------------------------------------------
@@ -370,6 +411,12 @@ def scaled_dot_product_attention(
         out = fused_attention_or_none(q, k, v, mask, scale)
         if out is not None:
             return out
+    if not on_gpu:
+        fused = _cpu_kernels(raw_q, _raw(k), _raw(v))
+        if fused:
+            return fused.FusedAttention.apply(
+                q, k, v, mask, scale=scale, dropout_p=dropout_p, generator=generator
+            )
     return Attention.apply(
         q, k, v, mask, scale=scale, dropout_p=dropout_p, generator=generator
     )
