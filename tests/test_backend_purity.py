@@ -55,7 +55,7 @@ ALLOWED_IN = {
     ("tinymlm/nn/layers.py", "LayerNorm.__init__"): {"ones", "zeros"},
     # BERT's initialisation: LayerNorm 1 / 0 and zero biases, on the CPU, then copied to the
     # parameter's device.
-    ("tinymlm/nn/bert.py", "BertPreTrainedModel.init_weights"): {"ones", "zeros"},
+    ("tinymlm/nn/bert.py", "init_bert_parameters"): {"ones", "zeros"},
     # the output bias of a new MLM head.
     ("tinymlm/nn/bert.py", "BertLMPredictionHead.__init__"): {"zeros"},
     # the norm of an empty list of gradients: there is no device to put the 0 on.

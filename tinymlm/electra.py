@@ -43,7 +43,7 @@ import numpy as np
 from tinymlm import backend, ops
 from tinymlm.autograd import Function, Tensor
 from tinymlm.nn import functional as F
-from tinymlm.nn.bert import BertConfig, BertEncoder, BertModel, _as_array
+from tinymlm.nn.bert import BertConfig, BertEncoder, BertModel, _as_array, init_bert_parameters
 from tinymlm.nn.layers import LayerNorm, Linear
 from tinymlm.nn.module import Module, Parameter
 
@@ -218,18 +218,9 @@ class ElectraForPretraining(Module):
     def _init_weights(self) -> None:
         """BERT's rule for the new parts (head and generator): normal(0, initializer_range)
         matrices, zero biases, LayerNorm 1 and 0. The discriminator was initialised by BertModel."""
-        rng = backend.default_generator("cpu")
-        std = self.config.initializer_range
-        for name, p in self.named_parameters():
-            if name.startswith("discriminator."):
-                continue
-            if "LayerNorm" in name:
-                value = np.ones(p.shape) if name.endswith("weight") else np.zeros(p.shape)
-            elif name.endswith("bias"):
-                value = np.zeros(p.shape)
-            else:
-                value = rng.normal(0.0, std, size=p.shape)
-            p.data = backend.to_device(value.astype(p.dtype), p.device)
+        new_parts = ((n, p) for n, p in self.named_parameters()
+                     if not n.startswith("discriminator."))
+        init_bert_parameters(new_parts, self.config.initializer_range)
 
     def sample(self, logits, generator=None):
         """One token per row of ``logits`` (M, V) from softmax(logits) over samplable tokens.

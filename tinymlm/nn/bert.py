@@ -243,6 +243,20 @@ def _as_array(a, like, dtype=np.int64):
 _initialize = True  # False while building a model only to load weights into it
 
 
+def init_bert_parameters(named_parameters, std: float) -> None:
+    """BERT's rule, in place: LayerNorm weight 1 and bias 0, other biases 0, every other
+    matrix and embedding normal(0, std), drawn from the seeded CPU generator in name order."""
+    rng = backend.default_generator("cpu")
+    for name, p in named_parameters:
+        if "LayerNorm" in name:
+            value = np.ones(p.shape) if name.endswith("weight") else np.zeros(p.shape)
+        elif name.endswith("bias"):
+            value = np.zeros(p.shape)
+        else:
+            value = rng.normal(0.0, std, size=p.shape)
+        p.data = backend.to_device(value.astype(p.dtype), p.device)
+
+
 @contextmanager
 def skip_init():
     """Build models without drawing their random initialisation (loading overwrites it)."""
@@ -264,16 +278,7 @@ class BertPreTrainedModel(Module):
         biases, LayerNorm weight 1 and bias 0, the padding row zero (CPU generator, seeded)."""
         if not _initialize:
             return
-        rng = backend.default_generator("cpu")
-        std = self.config.initializer_range
-        for name, p in self.named_parameters():
-            if "LayerNorm" in name:
-                value = np.ones(p.shape) if name.endswith("weight") else np.zeros(p.shape)
-            elif name.endswith("bias"):
-                value = np.zeros(p.shape)
-            else:
-                value = rng.normal(0.0, std, size=p.shape)
-            p.data = backend.to_device(value.astype(p.dtype), p.device)
+        init_bert_parameters(self.named_parameters(), self.config.initializer_range)
         words = self.bert.embeddings.word_embeddings if hasattr(self, "bert") else (
             self.embeddings.word_embeddings)
         if self.config.pad_token_id is not None:
