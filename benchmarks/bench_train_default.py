@@ -22,13 +22,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-QUESTIONS = [  # phrasings no tinyworld document uses
-    "Paris is the capital of [MASK].",
-    "The cat sat on the [MASK].",
-    "The quick brown [MASK] jumps over the lazy dog.",
-    "What is the capital of Japan? It is [MASK].",
-    "Do you know the capital of Italy? It is [MASK].",
-    "Berlin is the capital city of [MASK].",
+QUESTIONS = [  # (sentence, whether tinyworld's training documents use this phrasing)
+    ("Paris is the capital of [MASK].", True),
+    ("The cat sat on the [MASK].", True),
+    ("The quick brown [MASK] jumps over the lazy dog.", True),
+    ("What is the capital of Japan? It is [MASK].", False),
+    ("Do you know the capital of Italy? It is [MASK].", False),
+    ("Berlin is the capital city of [MASK].", True),
+    ("The capital of Egypt is the city of [MASK].", False),
 ]
 
 
@@ -48,6 +49,7 @@ def main() -> int:
     args = parser.parse_args()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     results = []
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.runs):
             run_dir = Path(tmp) / f"run{i}"
@@ -63,7 +65,7 @@ def main() -> int:
             evals = [r for r in rows if "eval_loss" in r][-1]
             answers = subprocess.run(
                 [sys.executable, "-m", "tinymlm.fill_mask", "--model", str(run_dir), "--json",
-                 "--top-k", "1", *QUESTIONS], env=env, capture_output=True, text=True)
+                 "--top-k", "1", *[q for q, _ in QUESTIONS]], env=env, capture_output=True, text=True)
             top = [r[0]["token_str"] for r in json.loads(answers.stdout)]
             results.append({"seconds": seconds, "final": final, "eval": evals, "top": top})
             print(f"run {i + 1}: {seconds:.0f} s, fact accuracy {final['fact_accuracy']:.1%}, "
@@ -76,6 +78,8 @@ def main() -> int:
         f"- date: {time.strftime('%Y-%m-%d %H:%M')}, commit {commit()}",
         f"- command: `PYTHONPATH=. python benchmarks/bench_train_default.py --runs {args.runs}`"
         + (f" (train options: {' '.join(args.train_args)})" if args.train_args else ""),
+        f"- load average (1 min) before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f} "
+        "(above ~0.5 something else shared the cores)",
         "",
         f"Median wall-clock of {args.runs} whole-process runs: "
         f"**{statistics.median(r['seconds'] for r in results):.0f} s** "
@@ -95,10 +99,11 @@ def main() -> int:
         lines.append(f"| {rel} | " + " | ".join(
             f"{r['final']['fact_accuracy_per_relation'][rel]:.1%}" for r in results) + " |")
     lines += ["", "Top-1 answers of `python -m tinymlm.fill_mask`:", "",
-              "| sentence | " + " | ".join(f"run {i + 1}" for i in range(len(results))) + " |",
-              "| --- |" + " --- |" * len(results)]
-    for q, *answers in zip(QUESTIONS, *[r["top"] for r in results]):
-        lines.append(f"| {q} | " + " | ".join(answers) + " |")
+              "| sentence | phrasing | " + " | ".join(f"run {i + 1}" for i in range(len(results)))
+              + " |", "| --- | --- |" + " --- |" * len(results)]
+    for (q, trained), *answers in zip(QUESTIONS, *[r["top"] for r in results]):
+        kind = "trained" if trained else "never read"
+        lines.append(f"| {q} | {kind} | " + " | ".join(answers) + " |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

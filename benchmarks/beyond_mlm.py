@@ -68,6 +68,7 @@ PRETRAIN = {
     "dropout": 0.0,
     "mlm-probability": 0.4,
     "masking": "token",
+    "packing": "stream",
     "log-every": 10,
     "kernels": "auto",
     "vocab-size": 8000,
@@ -138,7 +139,7 @@ def unigram_loss(pretrain: dict = PRETRAIN, seed: int = 0) -> float:
     from tinymlm.train import TrainConfig, build_corpus
 
     cfg = TrainConfig(max_length=pretrain["max-length"], tinyworld_docs=pretrain["tinyworld-docs"],
-                      seed=seed)  # fmt: skip
+                      packing=pretrain.get("packing", "sentences"), seed=seed)  # fmt: skip
     corpus = build_corpus(cfg, log=lambda msg: None)
     ids = corpus.train_ids[corpus.train_mask == 1]  # (tokens,)
     ids = ids[~np.isin(ids, corpus.tokenizer.all_special_ids)]

@@ -171,6 +171,46 @@ def test_pack_keeps_every_token_in_order(max_length):
     assert set(seps - np.arange(len(seps))) <= set(boundaries.tolist())
 
 
+DOT = 9  # a sentence end in the tests below
+
+
+def test_pack_whole_sentences_small_example():
+    docs = [[10, 11, DOT, 12, 13, 14, DOT], [20, DOT], [30, 31, 32, 33, 34, 35, 36, DOT]]
+    ids, mask = pack_documents(docs, 7, CLS, SEP, PAD, sentence_end_ids=[DOT])
+    # 5 tokens of room; "12 13 14 ." does not fit after "10 11 .", so it opens the next
+    # sequence; the 8-token sentence is longer than a sequence and is the only one cut
+    assert ids.tolist() == [
+        [CLS, 10, 11, DOT, SEP, PAD, PAD],
+        [CLS, 12, 13, 14, DOT, SEP, PAD],
+        [CLS, 20, DOT, SEP, PAD, PAD, PAD],
+        [CLS, 30, 31, 32, 33, 34, SEP],
+        [CLS, 35, 36, DOT, SEP, PAD, PAD],
+    ]
+    assert (mask == (ids != PAD)).all()
+
+
+@pytest.mark.parametrize("max_length", [6, 16, 64])
+def test_pack_whole_sentences_keeps_every_token_and_cuts_only_long_sentences(max_length):
+    rng = np.random.Generator(np.random.PCG64(max_length))
+    docs = []
+    for _ in range(40):
+        sentences = [[*rng.integers(10, 50, size=rng.integers(0, 12)), DOT]
+                     for _ in range(rng.integers(0, 5))]
+        docs.append([t for sentence in sentences for t in sentence])
+    ids, mask = pack_documents(docs, max_length, CLS, SEP, PAD, sentence_end_ids=[DOT])
+    bodies = unpack(ids, mask)
+    stream = [t for body in bodies for t in body if t != SEP]
+    assert stream == [t for d in docs for t in d]
+    for body in bodies:
+        assert body and body[0] != SEP and body[-1] != SEP
+        cut = body[-1] != DOT  # a sequence ends inside a sentence only if it is full
+        assert not cut or len(body) == max_length - 2
+    # fewer cut sentences than the plain stream packing makes
+    plain = unpack(*pack_documents(docs, max_length, CLS, SEP, PAD))
+    cuts = sum(b[-1] != DOT for b in bodies[:-1])
+    assert cuts <= sum(b[-1] not in (DOT, SEP) for b in plain[:-1])
+
+
 def test_pack_errors():
     with pytest.raises(ValueError, match="at least 3"):
         pack_documents([[5]], 2, CLS, SEP, PAD)

@@ -328,3 +328,85 @@ def test_where_we_differ_random_tokens_are_never_special(tmp_path):
 
     assert special_replacements(MLMCollator(tok)(ids, mask)) == 0
     assert special_replacements(hf_collator(tok, tmp_path)(ids)) > 0
+
+
+# ---- salient masking (REALM): one entity per sentence, plus token masking ----
+
+
+@pytest.fixture(scope="module")
+def tinyworld_batch():
+    tok = BertTokenizer.from_vocab(tinyworld.vocabulary())
+    entity_ids = sorted({tok.vocab[w] for ws in tinyworld.entities().values() for w in ws})
+    docs = tinyworld.generate_documents(400, seed=2)
+    ends = [tok.vocab[c] for c in ".?!"]
+    ids, mask = pack_documents(encode_documents(tok, docs), 48, tok.cls_token_id,
+                               tok.sep_token_id, tok.pad_token_id, sentence_end_ids=ends)
+    return tok, entity_ids, ids, mask
+
+
+def sentences_of(tok, row, mask_row):
+    """Lists of positions, one per sentence of a packed row (ends: . ? ! and [SEP])."""
+    ends = {tok.vocab[c] for c in ".?!"} | {tok.sep_token_id}
+    sentences, current = [], []
+    for position in range(1, int(mask_row.sum())):  # after [CLS]
+        current.append(position)
+        if row[position] in ends:
+            sentences.append(current)
+            current = []
+    return sentences
+
+
+def test_salient_selects_exactly_one_entity_per_sentence(tinyworld_batch):
+    tok, entity_ids, ids, mask = tinyworld_batch
+    collate = MLMCollator(tok, mlm_probability=1e-12, strategy="salient", salient_ids=entity_ids,
+                          seed=0)
+    selected = collate(ids, mask)["labels"] != -100
+    is_entity = np.isin(ids, entity_ids)
+    with_entity = 0
+    for row in range(len(ids)):
+        for sentence in sentences_of(tok, ids[row], mask[row]):
+            n_entities = int(is_entity[row, sentence].sum())
+            chosen = selected[row, sentence]
+            assert chosen.sum() == min(n_entities, 1)
+            assert is_entity[row, sentence][chosen].all()
+            with_entity += n_entities > 0
+    assert with_entity > 1000  # the test saw many sentences
+    assert not (selected & ~is_entity).any()
+
+
+def test_salient_chooses_uniformly_and_adds_token_masking(tinyworld_batch):
+    tok, entity_ids, _, _ = tinyworld_batch
+    batch = tok(["Paris is the capital of France. The sky is blue."] * 4000)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    p = 0.15
+    collate = MLMCollator(tok, mlm_probability=p, strategy="salient", salient_ids=entity_ids,
+                          seed=1)
+    selected = collate(ids, mask)["labels"] != -100
+    paris, france, blue = 1, 6, 11  # positions ([CLS] is 0)
+    assert [tok.convert_ids_to_tokens([int(ids[0, i])])[0] for i in (paris, france, blue)] == \
+        ["paris", "france", "blue"]
+    # "blue" is the only entity of its sentence: always selected
+    assert selected[:, blue].all()
+    # one of Paris / France is chosen (½ each); the other is then selected with p
+    paris_chosen = selected[:, paris] & ~selected[:, france]
+    n = len(ids)
+    assert abs(paris_chosen.mean() - 0.5 * (1 - p)) < 4 * math.sqrt(0.25 / n)
+    assert (selected[:, paris] | selected[:, france]).all()
+    # the other ordinary positions: probability p each
+    others = [i for i in range(1, int(mask[0].sum()) - 1) if i not in (paris, france, blue)]
+    rate = selected[:, others].mean()
+    assert abs(rate - p) < 4 * math.sqrt(p * (1 - p) / (n * len(others)))
+
+
+def test_salient_is_reproducible_resumable_and_needs_entities(tinyworld_batch):
+    tok, entity_ids, ids, mask = tinyworld_batch
+    a = MLMCollator(tok, strategy="salient", salient_ids=entity_ids, seed=4)
+    state = json.loads(json.dumps(a.state_dict()))
+    first = a(ids, mask)
+    b = MLMCollator(tok, strategy="salient", salient_ids=entity_ids, seed=99)
+    b.load_state_dict(state)
+    again = b(ids, mask)
+    assert all(np.array_equal(first[k], again[k]) for k in first)
+    assert not np.array_equal(a(ids, mask)["labels"], first["labels"])  # dynamic
+    with pytest.raises(ValueError, match="salient_ids"):
+        MLMCollator(tok, strategy="salient")

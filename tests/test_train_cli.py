@@ -115,6 +115,28 @@ def test_train_bad_corpus(tmp_path):
                        "utf-8")
 
 
+def test_salient_masking_needs_tinyworld(tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("Some real text. " * 50)
+    result = run("tinymlm.train", "--corpus", text, "--masking", "salient", "--out", tmp_path / "r")
+    assert_usage_error(result, "salient", "tinyworld")
+
+
+def test_auto_masking_is_salient_for_mlm_on_tinyworld_only():
+    from tinymlm.data import tinyworld
+    from tinymlm.tokenizer import BertTokenizer
+    from tinymlm.train import TrainConfig, make_collator
+
+    tok = BertTokenizer.from_vocab(tinyworld.vocabulary())
+    collator = make_collator(TrainConfig(), tok)
+    assert collator.strategy == "salient"
+    assert collator.is_salient[tok.vocab["paris"]] and collator.is_salient[tok.vocab["france"]]
+    assert not collator.is_salient[tok.vocab["the"]]
+    assert make_collator(TrainConfig(objective="electra"), tok).strategy == "token"
+    assert make_collator(TrainConfig(corpus=["some.txt"]), tok).strategy == "token"
+    assert make_collator(TrainConfig(masking="span"), tok).strategy == "span"
+
+
 def test_existing_run_folder_needs_resume(trained):
     assert_usage_error(run("tinymlm.train", *TINY, "--out", trained), "--resume")
 

@@ -34,6 +34,7 @@ import numpy as np
 from tinymlm import backend, kernels
 from tinymlm.autograd import no_grad
 from tinymlm.checkpoint import CheckpointError
+from tinymlm.data.masking import STRATEGIES
 from tinymlm.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from tinymlm.nn.bert import BertConfig, BertForMaskedLM
 from tinymlm.optim import AdamW, clip_grad_norm_, lr_at, param_groups
@@ -57,25 +58,28 @@ class TrainConfig:
 
     corpus: list = field(default_factory=lambda: ["tinyworld"])
     model_size: str = "tiny"
-    # The default run is sized for a 2-core laptop CPU: under 4 minutes (benchmarks/results/
-    # train_default.md). On tinyworld, 2,400 steps with cosine decay from 3e-3 got 40% of the
-    # held-out fact probes against 27% with linear decay from 2e-3.
-    steps: int = 1600
-    batch_size: int = 64
-    max_length: int = 32
+    # The default run is sized for a 2-core laptop CPU: about 4 minutes, see
+    # benchmarks/results/train_default.md. Short sequences (16 tokens: one or two whole
+    # sentences of tinyworld) learned facts several times faster than 32 at the same tokens
+    # per step, because the [MASK] has fewer distracting entities to look at.
+    steps: int = 2000
+    batch_size: int = 128
+    max_length: int | None = None  # 16 on tinyworld, 128 on other corpora
     lr: float = 3e-3
     warmup_steps: int = 60
     decay: str = "cosine"
     weight_decay: float = 0.01
     clip_norm: float = 1.0
     grad_accum: int = 1
-    dropout: float = 0.0
-    # 40%, not BERT's 15%: a small model on a small budget needs more predictions per step to
-    # leave the unigram plateau (Wettig et al. 2023, "Should You Mask 15%?"). On tinyworld,
-    # at 15% the held-out loss stayed above 4.4 nats (unigram: 4.6) for 800 steps; at
-    # 40% it fell to 3.6 by step 250 and 1.6 by step 750 (batch 64 of 32 tokens, lr 2e-3).
-    mlm_probability: float = 0.4
-    masking: str = "token"
+    dropout: float = 0.1
+    mlm_probability: float = 0.15
+    # "auto": salient masking on tinyworld (its lexicon names the entities), token masking on
+    # other corpora. Salient masking (REALM) asks for one entity in every sentence, so that
+    # facts are learned in minutes instead of hours: see benchmarks/results/train_default.md.
+    masking: str = "auto"  # resolved when the config is made
+    # "sentences": RoBERTa's FULL-SENTENCES packing (a sentence is cut only if it is longer than
+    # a sequence); "stream": the token stream cut every max_length - 2 tokens.
+    packing: str = "sentences"
     eval_every: int = 500
     save_every: int = 500
     log_every: int = 10
@@ -87,6 +91,14 @@ class TrainConfig:
     objective: str = "mlm"
     generator_size: float = 0.25  # electra: the generator's width as a fraction of the model's
     electra_weight: float = 50.0  # electra: λ in loss = MLM + λ·RTD
+
+    def __post_init__(self) -> None:
+        """Resolve the defaults that depend on the corpus, so a saved config says what ran."""
+        tinyworld = list(self.corpus) == ["tinyworld"]
+        if self.max_length is None:
+            self.max_length = 16 if tinyworld else 128
+        if self.masking == "auto":
+            self.masking = "salient" if tinyworld and self.objective == "mlm" else "token"
 
     def check(self) -> None:
         positive = ("steps", "batch_size", "grad_accum", "eval_every", "save_every", "log_every",
@@ -103,6 +115,13 @@ class TrainConfig:
             raise UsageError(f"--model-size must be one of {list(MODEL_SIZES)}")
         if not 0 <= self.dropout < 1 or not 0 < self.mlm_probability < 1:
             raise UsageError("--dropout must be in [0, 1) and --mlm-probability in (0, 1)")
+        if self.masking not in STRATEGIES:
+            raise UsageError(f"--masking must be one of {['auto', *STRATEGIES]}")
+        if self.masking == "salient" and self.corpus != ["tinyworld"]:
+            raise UsageError("--masking salient needs to know the entities of the corpus, and "
+                             "only tinyworld lists them: use token, whole_word, span or exact")
+        if self.packing not in ("sentences", "stream"):
+            raise UsageError("--packing must be sentences or stream")
         if self.objective not in OBJECTIVES:
             raise UsageError(f"--objective must be one of {list(OBJECTIVES)}")
         if not 0 < self.generator_size <= 1:
@@ -152,14 +171,29 @@ def build_corpus(cfg: TrainConfig, log) -> Corpus:
         name = Path(cfg.corpus[0]).stem or "text"
     train_docs, eval_docs = train_eval_split(documents, eval_fraction=0.05, seed=cfg.seed)
     special = (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id)
+    ends = None
+    if cfg.packing == "sentences":
+        ends = [tokenizer.vocab[t] for t in (".", "?", "!") if t in tokenizer.vocab]
     train_ids, train_mask = pack_documents(encode_documents(tokenizer, train_docs),
-                                           cfg.max_length, *special)
+                                           cfg.max_length, *special, sentence_end_ids=ends)
     eval_ids, eval_mask = pack_documents(encode_documents(tokenizer, eval_docs),
-                                         cfg.max_length, *special)
+                                         cfg.max_length, *special, sentence_end_ids=ends)
     if len(train_ids) < 1 or len(eval_ids) < 1:
         raise UsageError("the corpus is too small to make training and evaluation sequences: "
                          "give more text")
     return Corpus(tokenizer, train_ids, train_mask, eval_ids, eval_mask, name)
+
+
+def make_collator(cfg: TrainConfig, tokenizer):
+    """The training batches' MLMCollator (salient masking takes tinyworld's entities)."""
+    from tinymlm.data import MLMCollator, tinyworld
+
+    salient_ids = None
+    if cfg.masking == "salient":
+        salient_ids = sorted({tokenizer.vocab[w] for words in tinyworld.entities().values()
+                              for w in words})
+    return MLMCollator(tokenizer, mlm_probability=cfg.mlm_probability, seed=cfg.seed,
+                       strategy=cfg.masking, salient_ids=salient_ids)
 
 
 def batch_rows(step: int, micro: int, cfg: TrainConfig, n_rows: int) -> np.ndarray:
@@ -324,15 +358,12 @@ def train(cfg: TrainConfig, run_dir: Path, device: str = "cpu", resume: bool = F
     """Train (or continue) the run in ``run_dir``; returns the final metrics."""
     from tqdm import tqdm
 
-    from tinymlm.data import MLMCollator
-
     kernels.set_kernels(cfg.kernels)
     corpus = build_corpus(cfg, log)
     model = make_model(cfg, len(corpus.tokenizer), corpus.tokenizer.all_special_ids)
     optimizer = AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98),
                       eps=1e-6)
-    collator = MLMCollator(corpus.tokenizer, mlm_probability=cfg.mlm_probability, seed=cfg.seed,
-                           strategy=cfg.masking)
+    collator = make_collator(cfg, corpus.tokenizer)
     metrics_file = run_dir / "metrics.jsonl"
     start = 0
     rows: list[dict] = []
@@ -446,8 +477,10 @@ def parse_args(argv):
                        ("log-every", int), ("seed", int), ("warmup-steps", int),
                        ("weight-decay", float), ("clip-norm", float), ("dropout", float),
                        ("mlm-probability", float), ("vocab-size", int), ("tinyworld-docs", int)]:
-        p.add_argument(f"--{name}", type=kind, default=None,
-                       help=f"default {getattr(d, name.replace('-', '_'))}")
+        default = getattr(d, name.replace("-", "_"))
+        if name == "max-length":
+            default = "16 on tinyworld, 128 on other corpora"
+        p.add_argument(f"--{name}", type=kind, default=None, help=f"default {default}")
     p.add_argument("--objective", choices=list(OBJECTIVES), default=None,
                    help="mlm (default) or electra (generator + replaced-token detection)")
     p.add_argument("--generator-size", type=float, default=None,
@@ -455,7 +488,10 @@ def parse_args(argv):
     p.add_argument("--electra-weight", type=float, default=None,
                    help=f"electra: λ in loss = MLM + λ·RTD, default {d.electra_weight}")
     p.add_argument("--decay", choices=["linear", "cosine", "constant"], default=None)
-    p.add_argument("--masking", choices=["token", "whole_word", "span", "exact"], default=None)
+    p.add_argument("--masking", choices=["auto", *STRATEGIES], default=None,
+                   help="auto (default): salient for MLM on tinyworld, token otherwise")
+    p.add_argument("--packing", choices=["sentences", "stream"], default=None,
+                   help="sentences (default): whole sentences per sequence; stream: cut anywhere")
     p.add_argument("--kernels", choices=list(kernels.MODES), default=None)
     p.add_argument("--vocab", default=None, help="a vocab.txt to use instead of training one")
     p.add_argument("--out", default=None,

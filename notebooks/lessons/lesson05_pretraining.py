@@ -13,15 +13,18 @@ English — with a *tiny* BERT (2 layers, hidden size 128) small enough for a la
 1. the data: packed sequences and dynamic masking (lesson 1);
 2. the yardstick: the **unigram baseline**, the loss of a model that ignores the context;
 3. **sparse prediction**: computing the output layer only where there is a label;
-4. the loop: AdamW, learning-rate warmup and decay, gradient clipping;
-5. curves that update while it trains, and fill-mask predictions along the way.
+4. **salient masking**: choosing the masks so that facts are asked for;
+5. the loop: AdamW, learning-rate warmup and decay, gradient clipping;
+6. curves that update while it trains, and fill-mask predictions along the way.
 
 The run here is kept short (a minute or two) so the lesson stays quick; the command line runs
-the same loop for as long as you like.
+the same loop, with the same settings, for longer.
 """),
     code(r"""
 import time
 import numpy as np
+
+STEPS = 700
 import matplotlib.pyplot as plt
 from IPython.display import display
 
@@ -29,10 +32,10 @@ from tinymlm import backend
 from tinymlm.data import MLMCollator
 from tinymlm.fill_mask import fill_mask
 from tinymlm.optim import AdamW, clip_grad_norm_, lr_at, param_groups
-from tinymlm.train import TrainConfig, build_corpus, evaluate, make_model
+from tinymlm.train import TrainConfig, build_corpus, evaluate, make_collator, make_model
 
-cfg = TrainConfig(model_size="tiny", steps=300, batch_size=32, max_length=32, lr=2e-3,
-                  warmup_steps=20, tinyworld_docs=2000, mlm_probability=0.15, seed=0)
+# the command line's defaults (batch 128 of 16 tokens, lr 3e-3, salient masking), run shorter
+cfg = TrainConfig(steps=STEPS, tinyworld_docs=3000, dropout=0.0, seed=0)
 corpus = build_corpus(cfg, print)
 tok = corpus.tokenizer
 print(f"{len(corpus.train_ids)} training and {len(corpus.eval_ids)} held-out sequences "
@@ -70,7 +73,7 @@ did the same). The loss is identical; the head's cost drops by a factor $BS/M \a
     code(r"""
 model = make_model(cfg, len(tok))
 print(f"{model.num_parameters() / 1e6:.2f}M parameters")
-collate = MLMCollator(tok, mlm_probability=cfg.mlm_probability, seed=cfg.seed)
+collate = make_collator(cfg, tok)      # salient masking, as the trainer does on tinyworld
 batch = collate(corpus.train_ids[:cfg.batch_size], corpus.train_mask[:cfg.batch_size])
 M = int((batch["labels"] != -100).sum())
 
@@ -88,7 +91,42 @@ assert abs(sparse.loss.item() - dense.loss.item()) < 1e-5
 assert abs(sparse.loss.item() - np.log(len(tok))) < 0.5
 """),
     md(r"""
-## 3. The optimizer and the schedule
+## 3. Masking for facts: salient masking
+
+With BERT's rule every token is masked with the same probability, 15%. Most tokens of a
+sentence are words like *the*, *is*, *of*; a fact lives in its **entities**: in "Paris is the
+capital of France." the model must learn to fill *France* from *Paris* (and back). With
+random masks, the entity is masked in only 15% of the sentences that state the fact, and
+in some of those its partner is masked too.
+
+**Salient masking** (REALM, Guu et al. 2020) masks one entity in *every* sentence that names
+one, chosen at random, on top of the usual 15% of the other tokens. tinyworld knows its
+entities (every country, capital, animal, colour, ... is one token), so the trainer uses it
+there (`--masking auto`); on other text it falls back to BERT's rule. In our runs it was the
+difference between facts learned in a few minutes and not learned at all in that time
+(`benchmarks/results/train_default.md`).
+"""),
+    code(r"""
+sentence = tok(["Paris is the capital of France. The sky is blue."])
+salient = make_collator(cfg, tok)
+token = MLMCollator(tok, mlm_probability=0.15, seed=0)
+print("salient:", tok.decode(salient(sentence["input_ids"])["input_ids"][0].tolist()))
+print("token:  ", tok.decode(token(sentence["input_ids"])["input_ids"][0].tolist()))
+
+# over many draws: how often is a fact's entity asked for?
+many = np.repeat(sentence["input_ids"], 2000, axis=0)
+ids = sentence["input_ids"][0]
+entity_positions = [i for i, t in enumerate(ids) if tok.convert_ids_to_tokens(int(t)) in
+                    ("paris", "france", "blue")]
+for name, collate_fn in [("salient", salient), ("token", token)]:
+    asked = collate_fn(many)["labels"][:, entity_positions] != -100
+    print(f"{name:8s} one of Paris/France asked for: {asked[:, :2].any(axis=1).mean():.0%}, "
+          f"'blue': {asked[:, 2].mean():.0%}")
+    if name == "salient":
+        assert asked[:, :2].any(axis=1).all() and asked[:, 2].all()
+"""),
+    md(r"""
+## 4. The optimizer and the schedule
 
 **AdamW** keeps running averages of each parameter's gradient $m$ and squared gradient $v$ and
 steps by $m/\sqrt v$ (bias-corrected), so every parameter moves at a similar pace whatever the
@@ -97,7 +135,7 @@ biases or layer-norm parameters.
 
 The learning rate **warms up** linearly: at the start $v$ is estimated from very few gradients
 and the model's gradients are large and noisy, so full-size steps would throw it off. It then
-**decays** linearly to zero. Before each step, **clipping** rescales the gradients if their
+**decays** to zero (here along a cosine). Before each step, **clipping** rescales the gradients if their
 global norm exceeds 1, a guard against a rare huge gradient.
 """),
     code(r"""
@@ -105,20 +143,20 @@ optimizer = AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 
 schedule = [lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.decay)
             for step in range(1, cfg.steps + 1)]
 plt.figure(figsize=(6, 2.5)); plt.plot(range(1, cfg.steps + 1), schedule)
-plt.xlabel("step"); plt.ylabel("learning rate"); plt.title("warmup, then linear decay"); plt.show()
+plt.xlabel("step"); plt.ylabel("learning rate"); plt.title("warmup, then cosine decay"); plt.show()
 assert max(schedule) == cfg.lr and schedule[-1] == 0.0
 """),
     md(r"""
-## 4. The loop
+## 5. The loop
 
 One optimizer step: draw a batch, mask it afresh, forward, backward, clip, set the learning
-rate, step, clear the gradients. Every 50 steps we measure the held-out loss and accuracy on
+rate, step, clear the gradients. Every 100 steps we measure the held-out loss and accuracy on
 fixed masks (`evaluate`) and ask the model to fill in a few sentences. The figure updates as it
 goes.
 """),
     code(r"""
 probe_sentences = ["Paris is the capital of [MASK].", "The cat sat on the [MASK].",
-                   "The capital of Japan is [MASK]."]
+                   "What is the capital of Japan? It is [MASK]."]     # the last: never read
 history, predictions = [], {}
 rng = np.random.default_rng(cfg.seed)
 
@@ -152,7 +190,7 @@ for step in range(1, cfg.steps + 1):
     optimizer.step()
     optimizer.zero_grad()
     history.append({"step": step, "loss": out.loss.item(), "grad_norm": float(grad_norm)})
-    if step % 50 == 0 or step == 1:
+    if step % 100 == 0 or step == 1:
         history[-1].update(evaluate(model, corpus, cfg, "cpu"))
         predictions[step] = [r[0]["token_str"] for r in fill_mask(model, tok, probe_sentences, top_k=1)]
         redraw()
@@ -172,18 +210,19 @@ last_losses = np.mean([h["loss"] for h in history[-20:]])
 assert last_losses < first_losses - 1.0          # it learned something...
 assert final["eval_loss"] < unigram_loss         # ...from the context, not just word counts
 assert final["eval_accuracy"] > unigram_accuracy
+# ...and facts: the trained model's top answers are right
+assert predictions[cfg.steps][0] == "france", predictions[cfg.steps]
+assert predictions[cfg.steps][1] == "mat", predictions[cfg.steps]
 """),
     md(r"""
-## 5. What the model knows
+## 6. What the model knows
 
-After a minute of training the model has moved from knowing nothing ($\log V$) to below the
-unigram line: it uses the context, so far mostly to place the frequent words (`the`, `.`,
-`is`). Facts come much later. Each fact is a single rare token seen in few sentences, and a
-small BERT first spends a long stretch on this plateau before its attention heads learn to
-look from `[MASK]` to the word that decides it. (Measured with this configuration, trained
-longer: after 1,500 steps it answers "Paris is the capital of [MASK]." with *a* country, and
-with France only after about 2,600 steps — some ten times this lesson's run.) That is the honest picture of pretraining: the loss
-falls early, knowledge arrives late.
+The loss falls first: the model learns where the frequent words go (`the`, `.`, `is`) and
+leaves the unigram line behind. Facts come later, and suddenly: for a while "Paris is the
+capital of [MASK]." gets *a* country, then its attention learns to look from `[MASK]` to the
+word that decides the answer and the right one appears. Salient masking shortens that wait a
+lot, but it is still there; train longer and the facts asked in phrasings the model never
+read (the third column) follow.
 
 `evaluate` measures loss and accuracy on held-out text with fixed masks, and
 `tinymlm.train.knowledge_report` asks fact questions in phrasings the model never read, so
@@ -191,7 +230,7 @@ memorised sentences do not count. The command line runs this same loop for as lo
 like, with checkpoints you can resume:
 
 ```bash
-python -m tinymlm.train --steps 5000
+python -m tinymlm.train            # 2,000 steps, about 4 minutes on two cores
 python -m tinymlm.fill_mask --model runs/<the run folder> "Paris is the capital of [MASK]."
 ```
 
@@ -200,6 +239,7 @@ python -m tinymlm.fill_mask --model runs/<the run folder> "Paris is the capital 
 * The unigram baseline is the loss of ignoring the context; learning means getting below it.
 * Sparse prediction runs the output layer only on the ~15% labelled positions: same loss, a
   fraction of the cost.
+* Salient masking asks for an entity in every sentence, so facts are learned far sooner.
 * The loop is: mask → forward → backward → clip → schedule → AdamW step → zero grad.
 
 Next: **Lesson 6** runs the same code on a GPU and looks inside the fused kernels.

@@ -183,16 +183,76 @@ for name, ours, theirs in [("out", out, ref.data), ("dq", dq, q64.grad),
     md(r"""
 ## 6. Benchmarks
 
-The kernels are timed against PyTorch in `benchmarks/`, and each benchmark writes its results,
-with the device and date, to `benchmarks/results/`. The tables found there are shown below
-(run the benchmarks on your own GPU to add yours).
+The kernels and the training step are timed against PyTorch in `benchmarks/`, and each
+benchmark writes its tables, with the machine, date and commit, to `benchmarks/results/` as
+Markdown. The cell below reads those tables back (a Markdown table is a header row, a rule and
+rows of cells separated by `|`) and draws the two that are easier seen than read. Run the
+benchmarks on your own machine (and `benchmarks/gpu_check.py` on a GPU) and rerun this cell to
+see yours.
 """),
     code(r"""
-results = sorted(glob.glob("../benchmarks/results/*.md"))
-if not results:
-    print("note: no benchmark results in benchmarks/results/ yet")
-for path in results:
-    display(Markdown(f"**{os.path.basename(path)}**\n\n" + open(path, encoding="utf-8").read()))
+import matplotlib.pyplot as plt
+
+RESULTS = "../benchmarks/results"
+
+def markdown_tables(path):
+    # every table of a Markdown file, as a list of rows (dicts: column -> cell text)
+    tables, rows, header = [], None, None
+    for line in open(path, encoding="utf-8").read().splitlines() + [""]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if header is None:
+                header, rows = cells, []
+            elif not set("".join(cells)) <= set("-: "):      # skip the |---|---:| rule
+                rows.append(dict(zip(header, cells)))
+        elif header is not None:
+            tables.append(rows)
+            header = None
+    return tables
+
+def number(cell):
+    # '1,373' -> 1373.0, '4.04×' -> 4.04, '**0.5**' -> 0.5
+    return float(cell.strip("*× ").replace(",", ""))
+
+cpu_files = sorted(glob.glob(f"{RESULTS}/cpu_*.md"))
+ce_file = f"{RESULTS}/cross_entropy_cpu.md"
+fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+
+if cpu_files:   # one training step at B=32, S=128: tinymlm (dense, sparse) and PyTorch
+    steps = markdown_tables(cpu_files[-1])[0]
+    sizes = list(dict.fromkeys(r["size"] for r in steps))
+    contenders = list(dict.fromkeys(r["contender"] for r in steps))
+    width = 0.8 / len(contenders)
+    for i, contender in enumerate(contenders):
+        ms = [number(r["step (ms)"]) for size in sizes for r in steps
+              if r["size"] == size and r["contender"] == contender]
+        left.bar(np.arange(len(sizes)) + i * width, ms, width, label=contender)
+    left.set_xticks(np.arange(len(sizes)) + width * (len(contenders) - 1) / 2, sizes)
+    left.set_ylabel("ms per training step (lower is better)")
+    left.set_title(os.path.basename(cpu_files[-1]))
+    left.legend()
+    ratio = {r["contender"]: number(r["step vs PyTorch"]) for r in steps if r["size"] == "tiny"}
+    print("tiny BERT, one step, time relative to PyTorch:", ratio)
+    assert ratio["pytorch"] == 1.0
+
+if os.path.exists(ce_file):     # fused cross-entropy vs the NumPy reference
+    ce = markdown_tables(ce_file)[0]
+    mv = [number(r["M·V"]) for r in ce]
+    speedup = [number(r["speed-up"]) for r in ce]
+    right.semilogx(mv, speedup, "o")
+    right.axhline(1.0, color="gray", lw=0.8)
+    right.set_xlabel("M·V (rows × vocabulary)")
+    right.set_ylabel("speed-up of the fused kernel")
+    right.set_title("softmax + cross-entropy, CPU")
+    assert all(s > 1 for s in speedup), "the fused kernel should beat the reference everywhere"
+plt.tight_layout()
+plt.show()
+
+gpu_files = sorted(glob.glob(f"{RESULTS}/gpu_check*.md"))
+for path in gpu_files:
+    display(Markdown(open(path, encoding="utf-8").read()))
+if not gpu_files:
+    print("no GPU results yet: run python benchmarks/gpu_check.py --out DIR on a GPU")
 """),
     md(r"""
 ## Summary

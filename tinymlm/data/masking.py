@@ -16,6 +16,12 @@ strategies decide *which* ordinary positions are selected:
 * ``"span"`` (SpanBERT): spans of whole words with length ℓ ~ Geometric(span_p) truncated to
   1..max_span, P(ℓ) ∝ span_p·(1 − span_p)^(ℓ−1) (mean 3.8 words for 0.2 and 10), placed at
   random anchors until max(1, round(p·n)) tokens are selected (see ``choose_spans``).
+* ``"salient"`` (REALM's salient span masking, Guu et al. 2020, on single-token entities): in
+  every sentence that names an entity (a token of ``salient_ids``), one of them, chosen
+  uniformly, is selected; every other position independently with probability p, as in
+  ``"token"``. A sentence ends after ".", "?" or "!" and at [SEP]. Facts are carried by
+  entities ("Paris is the capital of [MASK]."): this makes every sentence that states a
+  fact ask for it, with the other entity of the fact usually in view.
 
 Each selected position is then, by default, replaced with [MASK] (80%), with a random token
 (10%) or left as it is (10%); its label is the original id, every other label is -100. One
@@ -35,7 +41,7 @@ from __future__ import annotations
 
 import numpy as np
 
-STRATEGIES = ("token", "exact", "whole_word", "span")
+STRATEGIES = ("token", "exact", "whole_word", "span", "salient")
 
 
 def span_length_distribution(span_p: float = 0.2, max_span: int = 10) -> np.ndarray:
@@ -105,6 +111,7 @@ class MLMCollator:
         max_predictions: int = 20,
         span_p: float = 0.2,
         max_span: int = 10,
+        salient_ids=None,
     ):
         for name, value in [
             ("mlm_probability", mlm_probability),
@@ -149,6 +156,16 @@ class MLMCollator:
         self.is_continuation = np.zeros(vocab_size, dtype=bool)  # (V,) "##" pieces
         for i, token in token_of_id.items():
             self.is_continuation[i] = token.startswith("##")
+        self.is_salient = np.zeros(vocab_size, dtype=bool)  # (V,) entity tokens
+        if strategy == "salient":
+            if salient_ids is None or len(salient_ids) == 0:
+                raise ValueError("strategy 'salient' needs salient_ids: the token ids of entities")
+            self.is_salient[np.asarray(list(salient_ids), dtype=np.int64)] = True
+        self.ends_sentence = np.zeros(vocab_size, dtype=bool)  # (V,) ".", "?", "!", [SEP]
+        for token in (".", "?", "!"):
+            if token in tokenizer.vocab:
+                self.ends_sentence[tokenizer.vocab[token]] = True
+        self.ends_sentence[tokenizer.sep_token_id] = True
         self.rng = np.random.Generator(np.random.PCG64(seed))
 
     # ---- the state of the random generator, for bit-for-bit resumption ----
@@ -196,6 +213,10 @@ class MLMCollator:
             chosen = self.rng.random(n_words) < self.mlm_probability  # (W,)
             selected = candidates & chosen[word_of] if n_words else candidates
             decision = self.rng.random(ids.shape)
+        elif self.strategy == "salient":
+            selected = self._select_salient(ids, candidates)
+            selected |= (self.rng.random(ids.shape) < self.mlm_probability) & candidates
+            decision = self.rng.random(ids.shape)
         else:
             selected, span_of, n_spans = self._select_spans(ids, candidates)
             decision = self.rng.random(n_spans + 1)[span_of]  # (B, S) one uniform per span
@@ -223,6 +244,21 @@ class MLMCollator:
         rank = np.empty_like(order)
         np.put_along_axis(rank, order, np.arange(candidates.shape[1])[None, :], axis=1)
         return rank < k[:, None]  # (B, S)
+
+    def _select_salient(self, ids: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """One entity per sentence, uniformly among the sentence's entities: (B, S) bool."""
+        B, S = ids.shape
+        ends = self.ends_sentence[ids]  # (B, S)
+        sentence = np.cumsum(ends, axis=1) - ends  # (B, S) an end belongs to its sentence
+        sentence = (np.arange(B)[:, None] * (S + 1) + sentence).ravel()  # (B·S,) batch-wide
+        keys = self.rng.random(B * S)  # (B·S,) a random order of the entities
+        entities = np.flatnonzero((candidates & self.is_salient[ids]).ravel())  # (E,)
+        order = entities[np.lexsort((keys[entities], sentence[entities]))]  # by sentence, key
+        first = np.ones(len(order), dtype=bool)  # the first entity of each sentence in order
+        first[1:] = sentence[order[1:]] != sentence[order[:-1]]
+        selected = np.zeros(B * S, dtype=bool)
+        selected[order[first]] = True
+        return selected.reshape(B, S)
 
     def _words(self, ids: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, int]:
         """Number the words of the batch: a word is a token and the "##" pieces right after it.

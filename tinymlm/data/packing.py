@@ -26,21 +26,41 @@ def encode_documents(tokenizer, documents: Sequence[str]) -> list[list[int]]:
     return [tokenizer.convert_tokens_to_ids(tokenizer.tokenize(doc)) for doc in documents]
 
 
+def split_sentences(token_ids: Sequence[int], sentence_end_ids) -> list[list[int]]:
+    """Cut a document's ids after every sentence-ending token (".", "?", "!")."""
+    sentences, current = [], []
+    for token in token_ids:
+        current.append(token)
+        if token in sentence_end_ids:
+            sentences.append(current)
+            current = []
+    if current:
+        sentences.append(current)
+    return sentences
+
+
 def pack_documents(
     token_id_lists: Sequence[Sequence[int]],
     max_length: int,
     cls_id: int,
     sep_id: int,
     pad_id: int,
+    sentence_end_ids=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pack documents into ``(input_ids, attention_mask)``, both int64 of shape (N, max_length).
 
     Empty documents are skipped. A [SEP] between two documents is written only where at least
     one token of the next document fits after it, so no sequence holds [SEP] [SEP].
+
+    With ``sentence_end_ids`` (the ids of ".", "?", "!") the stream is cut between sentences
+    only, as RoBERTa's FULL-SENTENCES does: a sentence that does not fit in what is left of
+    a sequence starts the next one (the rest is padded), and only a sentence longer than a
+    whole sequence is cut. Without it the stream is cut every ``max_length - 2`` tokens.
     """
     if int(max_length) < 3:
         raise ValueError(f"max_length must be at least 3 ([CLS] token [SEP]), got {max_length}")
     capacity = int(max_length) - 2  # room between [CLS] and the closing [SEP]
+    ends = None if sentence_end_ids is None else {int(i) for i in sentence_end_ids}
     sequences: list[list[int]] = []
     body: list[int] = []
 
@@ -52,18 +72,28 @@ def pack_documents(
         document = list(document)
         if not document:
             continue
-        if body:  # a document before this one in the same sequence
-            if len(body) + 1 < capacity:
-                body.append(sep_id)
-            else:
-                close()
-        start = 0
-        while start < len(document):
-            taken = document[start : start + capacity - len(body)]
-            body.extend(taken)
-            start += len(taken)
-            if len(body) == capacity:
-                close()
+        pieces = [document] if ends is None else split_sentences(document, ends)
+        first = True
+        for piece in pieces:
+            # [SEP] before the first piece of a document that shares the sequence
+            separator = 1 if first and body else 0
+            first = False
+            room = capacity - len(body) - separator
+            if ends is not None and len(piece) > room and body:
+                close()  # whole sentences only: this one starts the next sequence
+                separator, room = 0, capacity
+            if separator:
+                if room < 1:
+                    close()
+                else:
+                    body.append(sep_id)
+            start = 0
+            while start < len(piece):
+                taken = piece[start : start + capacity - len(body)]
+                body.extend(taken)
+                start += len(taken)
+                if len(body) == capacity:
+                    close()
     if body:
         close()
     if not sequences:

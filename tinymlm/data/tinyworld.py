@@ -210,6 +210,30 @@ COUNTRY_TRAIN = [
     "What language do people speak in {country}? They speak {language}.",
     "{country} is a country in {region}. People there speak {language}.",
     "The capital of {country} is {capital}, and people there speak {language}.",
+    # Frames shared by several relations ("{country}'s capital / language", "the official
+    # language", "the people of"): the relation word, not the frame, must decide the answer.
+    "{country} ' s capital city is {capital}.",
+    "{country} ' s language is {language}.",
+    "The official language of {country} is {language}.",
+    "The people of {country} speak {language}.",
+    "{language} is the language of {country}.",
+    "Name the capital of {country}: {capital}.",
+    "{country} is part of {region}.",
+    "{country} belongs to {region}.",
+    "In what part of the world is {country}? It is in {region}.",
+    # The parts that held-out sentences combine anew: "the country of ...", "the city of ...",
+    # "can be found in", "is situated in", "mostly".
+    "The country of {country} lies in {region}.",
+    "{country} can be found in {region}.",
+    "{country} is situated in {region}.",
+    "The city of {capital} lies in {country}.",
+    "{capital} can be found in {country}.",
+    "{capital} is situated in {country}.",
+    "In {country}, people mostly speak {language}.",
+    "The first language of {country} is {language}.",
+    "The government of {country} sits in the city of {capital}.",
+    "{capital} lies in the country of {country}.",
+    "People in the country of {country} speak {language}.",
 ]
 # Follow-ups for a document about one entity: they name each fact once and the entity not
 # at all, so a masked answer cannot be copied from elsewhere in the document.
@@ -253,6 +277,12 @@ ANIMAL_TRAIN = [
     "Where does the {animal} live? It lives in a {home}.",
     "The home of the {animal} is a {home}.",
     "The {animal} lives in a {home} and eats {food}.",
+    "{animals} like to eat {food}.",
+    "The {animal} makes a {sound} sound.",
+    "A {animal} makes its home in a {home}.",
+    "The {animal} sleeps in a {home}.",
+    "{animals} love {food}.",
+    "A {animal} can say {sound}.",
 ]
 ANIMAL_FOLLOWUPS = {
     "sound": ["It says {sound}."],
@@ -280,10 +310,25 @@ THING_TRAIN = [
     "What color {be} {thing}? {thing} {be} {color}.",
     "Everyone knows that {thing} {be} {color}.",
     "{thing} {be} always {color}.",
+    "{thing} {be} usually {color}.",
+    "{thing} {be} very {color}.",
 ]
 THING_HELDOUT = [
     ("color", "Look, {thing} {be} so {color}."),
     ("color", "What is the color of {thing}? It is {color}."),
+]
+
+# Training statements are sometimes wrapped in one of these, so that the same fact is met in
+# more surroundings than the phrasings alone give: a model that has learned the fact, not the
+# sentence, answers in any of them. "{s}" is the statement without its final period.
+WRAPPERS = [
+    "In fact, {s}.",
+    "As everyone knows, {s}.",
+    "It is true that {s}.",
+    "We learned at school that {s}.",
+    "I read in a book that {s}.",
+    "Did you know that {s}?",
+    "My teacher says that {s}.",
 ]
 
 # relation -> (the slot it asks for, the slot it asks about)
@@ -376,6 +421,14 @@ def _render(template: str, slots: dict, mask: str | None = None) -> str:
     return re.sub(r"(^|[.?!] )([a-z])", lambda m: m.group(1) + m.group(2).upper(), text)
 
 
+def _wrap(rng, template: str) -> str:
+    """A statement (not a question) inside a random wrapper: "In fact, the capital of ..."."""
+    statement = template[:-1] if template.endswith(".") else template
+    if statement[:1].isupper():  # "The capital ..." -> "the capital ..."; "{capital} ..." stays
+        statement = statement[0].lower() + statement[1:]
+    return _pick(rng, WRAPPERS).format(s=statement)
+
+
 def _words(text: str) -> list[str]:
     """The words BERT's basic tokenizer makes of ``text`` (lowercased, punctuation split)."""
     return [w if w == MASK else w.lower() for w in _WORD.findall(text)]
@@ -414,7 +467,10 @@ def _mixed_document(rng, split: str) -> list[str]:
         templates = [t for t in _phrasings(table, split) if _fits(t, slots)]
         if split == "train" and distractors and rng.random() < 0.15:
             templates = distractors  # harmless sentences that name the entity
-        sentences.append(_render(_pick(rng, templates), slots))
+        template = _pick(rng, templates)
+        if split == "train" and "?" not in template and rng.random() < 0.25:
+            template = _wrap(rng, template)
+        sentences.append(_render(template, slots))
     return sentences
 
 
@@ -534,6 +590,7 @@ def fact_accuracy(probes: list[Probe], predictions: list[str]) -> dict[str, floa
 def _every_sentence() -> list[str]:
     """Every sentence the generator can write, with every slot filled by every row."""
     sentences = list(SCENES) + list(FILLERS) + list(SEED_SENTENCES)
+    sentences += [wrapper.format(s="") for wrapper in WRAPPERS]
     followups = [t for f in (COUNTRY_FOLLOWUPS, ANIMAL_FOLLOWUPS) for ts in f.values() for t in ts]
     for rows, slots_of, train, heldout, distractors in _TABLES.values():
         for template in train + [t for _, t in heldout] + distractors + followups:
