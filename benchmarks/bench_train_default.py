@@ -65,7 +65,8 @@ def main() -> int:
             evals = [r for r in rows if "eval_loss" in r][-1]
             answers = subprocess.run(
                 [sys.executable, "-m", "tinymlm.fill_mask", "--model", str(run_dir), "--json",
-                 "--top-k", "1", *[q for q, _ in QUESTIONS]], env=env, capture_output=True, text=True)
+                 "--top-k", "1", *[q for q, _ in QUESTIONS]],
+                env=env, capture_output=True, text=True)
             top = [r[0]["token_str"] for r in json.loads(answers.stdout)]
             results.append({"seconds": seconds, "final": final, "eval": evals, "top": top})
             print(f"run {i + 1}: {seconds:.0f} s, fact accuracy {final['fact_accuracy']:.1%}, "
@@ -79,7 +80,7 @@ def main() -> int:
         f"- command: `PYTHONPATH=. python benchmarks/bench_train_default.py --runs {args.runs}`"
         + (f" (train options: {' '.join(args.train_args)})" if args.train_args else ""),
         f"- load average (1 min) before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f} "
-        "(above ~0.5 something else shared the cores)",
+        "(above ~0.5, something else shared the cores)",
         "",
         f"Median wall-clock of {args.runs} whole-process runs: "
         f"**{statistics.median(r['seconds'] for r in results):.0f} s** "
