@@ -145,6 +145,23 @@ def run_dispatch_case():
     }
 
 
+def run_choice_case():
+    """kernels="auto": the timing runs of both paths execute, and the choice is remembered
+    per shape (under the simulator the times mean nothing; the mechanism is what is tested)."""
+    attention.measured_choices.clear()
+    q = randn(np.random.default_rng(5), 1, 2, 9, 32)
+    mask = np.ones((1, 9), dtype=np.int64)
+    out = attention.fused_attention_or_none(q, q, q, mask, 0.2, only_if_faster=True)
+    choice = attention.measured_choices[(1, 2, 9, 32, "float32")]
+    again = attention.fused_attention_or_none(q, q, q, mask, 0.2, only_if_faster=True)
+    return "choice", {
+        "keys": sorted(choice),
+        "times_positive": choice["fused_ms"] > 0 and choice["reference_ms"] > 0,
+        "follows_choice": (out is not None) == choice["fused"] == (again is not None),
+        "measured_once": len(attention.measured_choices) == 1,
+    }
+
+
 def main() -> None:
     cases = [
         # d = 32: three query blocks and three key tiles, S not a multiple of the tile, one
@@ -156,7 +173,7 @@ def main() -> None:
         ("d64_production_tiles", 2, 1, 1, 21, 64, [18], None, None, False),
     ]
     results = dict(run_case(*case) for case in cases)
-    for case in (run_autograd_case, run_dispatch_case):
+    for case in (run_autograd_case, run_dispatch_case, run_choice_case):
         name, result = case()
         results[name] = result
     print(json.dumps(results))

@@ -450,3 +450,21 @@ def test_a_batch_without_masks_teaches_only_detection_and_float32_stays_float32(
     out.loss.backward()
     assert out.loss.dtype == np.float32
     assert all(p.grad is None or p.grad.dtype == np.float32 for p in model.parameters())
+
+
+def test_replaced_token_auc_equals_the_pairwise_definition():
+    from tinymlm.electra import replaced_token_auc
+
+    rng = np.random.default_rng(3)
+    for n, ties in [(40, False), (60, True)]:
+        scores = rng.normal(size=n)
+        if ties:
+            scores = np.round(scores, 1)  # many equal scores
+        replaced = rng.random(n) < 0.3
+        pos, neg = scores[replaced], scores[~replaced]
+        pairs = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+        assert abs(replaced_token_auc(scores, replaced) - pairs.mean()) < 1e-12
+    assert replaced_token_auc([0.1, 0.9], [False, True]) == 1.0
+    assert replaced_token_auc([0.9, 0.1], [False, True]) == 0.0
+    assert replaced_token_auc([0.5, 0.5, 0.5], [False, True, False]) == 0.5
+    assert np.isnan(replaced_token_auc([1.0, 2.0], [False, False]))

@@ -87,6 +87,35 @@ def test_dispatch_matches_reference_path_and_declines_what_it_cannot_take(simula
     assert result["no_mask_runs"]
 
 
+def test_auto_mode_measures_each_shape_once_and_follows_the_measurement(simulated):
+    result = simulated["choice"]
+    assert result["keys"] == ["fused", "fused_ms", "reference_ms"]
+    assert result["times_positive"] and result["follows_choice"] and result["measured_once"]
+
+
+@pytest.mark.parametrize("fused_s, reference_s, expected", [(1.0, 2.0, True), (3.0, 2.0, False),
+                                                              (2.0, 2.0, True)])
+def test_choose_by_timing_takes_the_smaller_median(fused_s, reference_s, expected):
+    now = [0.0]
+    calls = {"fused": 0, "reference": 0}
+    # one slow outlier per path must not decide: the median does
+    durations = {"fused": iter([9.0, fused_s, 50.0, fused_s, fused_s]),
+                 "reference": iter([9.0, reference_s, reference_s, 50.0, reference_s])}
+
+    def timed(name):
+        def run():
+            calls[name] += 1
+            now[0] += next(durations[name])
+        return run
+
+    choice = attention.choose_by_timing(timed("fused"), timed("reference"),
+                                        clock=lambda: now[0], repeats=4)
+    assert calls == {"fused": 5, "reference": 5}  # a warm-up each, then 4 timed runs each
+    assert choice["fused"] is expected
+    assert choice["fused_ms"] == pytest.approx(1e3 * fused_s)
+    assert choice["reference_ms"] == pytest.approx(1e3 * reference_s)
+
+
 def test_numpy_arrays_outside_the_simulator_are_refused():
     if attention.numba_config.ENABLE_CUDASIM:
         pytest.skip("this process runs the simulator")

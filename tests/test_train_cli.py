@@ -79,6 +79,16 @@ def test_fill_mask_matches_python_function(trained):
                                rtol=1e-6)
 
 
+def test_fill_mask_warns_past_the_trained_length(trained):
+    long = "The cat sat on the [MASK]. " + "It was a sunny day. " * 8  # > 32 tokens
+    result = run("tinymlm.fill_mask", "--model", trained, "--json", long,
+                 "The cat sat on the [MASK].")
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "at most 32" in warnings[0]
+    assert len(json.loads(result.stdout)) == 2  # still answered
+
+
 def test_fill_mask_bad_input(trained, tmp_path):
     assert_usage_error(run("tinymlm.fill_mask", "--model", trained, "no mask here"), "[MASK]")
     assert_usage_error(run("tinymlm.fill_mask", "--model", tmp_path / "nowhere", "a [MASK]."),

@@ -359,6 +359,29 @@ class ElectraForPretraining(Module):
         return model
 
 
+def replaced_token_auc(logits, replaced) -> float:
+    """ROC AUC of the discriminator: the chance that a replaced token scores above an original.
+
+    Accuracy says little while replaced tokens are the minority: a discriminator that answers
+    "original" everywhere scores the share of originals (often 85-90%) and looks good while
+    knowing nothing. The AUC is 0.5 for a discriminator that knows nothing and 1 for a perfect
+    one, whatever the share of replaced tokens. ``logits`` and ``replaced`` are 1-D NumPy arrays
+    over the real tokens. Computed from ranks (Mann-Whitney U), ties sharing their mean rank;
+    NaN when one of the two classes is empty.
+    """
+    scores = np.asarray(logits, dtype=np.float64).ravel()
+    replaced = np.asarray(replaced, dtype=bool).ravel()
+    positives = int(replaced.sum())
+    negatives = replaced.size - positives
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    _, group, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    first_rank = np.cumsum(counts) - counts + 1  # ranks are 1-based, lowest score first
+    mean_rank = first_rank + (counts - 1) / 2.0  # (groups,) ties share their mean rank
+    rank_sum = mean_rank[group][replaced].sum()
+    return float((rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives))
+
+
 def sampling_generator(device: str, seed: int):
     """A fresh seeded generator on ``device`` for the samples (e.g. fixed ones for evaluation)."""
     if backend.normalize_device(device) == "cuda":

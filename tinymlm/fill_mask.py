@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -68,6 +69,22 @@ def _candidates(tokenizer, row, position, logits, top_k):
     return out
 
 
+def warn_beyond_trained_length(model_dir, tokenizer, texts) -> None:
+    """A run folder records the sequence length it trained on; positions past it were never
+    trained, so predictions for a longer input are unreliable: say so on stderr."""
+    settings = Path(model_dir) / "train_config.json"
+    try:
+        trained = int(json.loads(settings.read_text())["max_length"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # not a tinymlm run folder (e.g. a Hugging Face model): nothing to check
+    for text in texts:
+        n = len(tokenizer.encode(text))
+        if n > trained:
+            print(f"warning: {text!r} is {n} tokens long, but the model was trained on "
+                  f"sequences of at most {trained}: positions past {trained} were never "
+                  "trained, so expect poor predictions", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tinymlm.fill_mask",
                                      description="Predict the [MASK] tokens of some sentences.")
@@ -90,6 +107,7 @@ def main(argv=None) -> int:
                                  "predicted")
         model = BertForMaskedLM.from_pretrained(args.model)
         tokenizer = BertTokenizer.from_pretrained(args.model)
+        warn_beyond_trained_length(args.model, tokenizer, args.texts)
         results = fill_mask(model, tokenizer, args.texts, top_k=args.top_k)
     except (CheckpointError, FileNotFoundError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -261,6 +261,7 @@ def evaluate(model, corpus: Corpus, cfg: TrainConfig, device: str) -> dict:
     model.eval()
     total_loss, right, count = 0.0, 0, 0
     rtd_loss, rtd_right, tokens = 0.0, 0.0, 0
+    rtd_scores, rtd_replaced = [], []
     with no_grad():
         for start in range(0, len(corpus.eval_ids), cfg.batch_size):
             batch = collate(corpus.eval_ids[start:start + cfg.batch_size],
@@ -273,6 +274,9 @@ def evaluate(model, corpus: Corpus, cfg: TrainConfig, device: str) -> dict:
                 real = int(batch["attention_mask"].sum())
                 rtd_loss += float(out.rtd_loss.item()) * real
                 rtd_right += float(out.rtd_accuracy) * real
+                counted = backend.to_numpy(out.rtd_labels) != -100  # (B, S) real tokens
+                rtd_scores.append(backend.to_numpy(out.discriminator_logits.data)[counted])
+                rtd_replaced.append(backend.to_numpy(out.rtd_labels)[counted] == 1)
                 tokens += real
             else:
                 out = model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"])
@@ -286,8 +290,14 @@ def evaluate(model, corpus: Corpus, cfg: TrainConfig, device: str) -> dict:
     result = {"eval_loss": loss, "eval_accuracy": right / max(count, 1),
               "eval_perplexity": math.exp(min(loss, 50.0))}
     if electra:
+        from tinymlm.electra import replaced_token_auc
+
+        replaced = np.concatenate(rtd_replaced)
         result.update(eval_rtd_loss=rtd_loss / max(tokens, 1),
-                      eval_rtd_accuracy=rtd_right / max(tokens, 1))
+                      eval_rtd_accuracy=rtd_right / max(tokens, 1),
+                      # what "original" everywhere would score, and the threshold-free measure
+                      eval_rtd_original_share=float(1.0 - replaced.mean()),
+                      eval_rtd_auc=replaced_token_auc(np.concatenate(rtd_scores), replaced))
     return result
 
 
@@ -308,6 +318,16 @@ def knowledge_report(model, tokenizer, log) -> dict:
     for relation, acc in sorted(accuracy.items()):
         log(f"  {relation:20s} {acc:.1%}")
     return {"fact_accuracy": overall, "fact_accuracy_per_relation": accuracy}
+
+
+def log_attention_choices(write) -> None:
+    """On the GPU with kernels="auto": which attention path the first step measured faster."""
+    from tinymlm.kernels.attention import measured_choices
+
+    for (_, _, seq, _, _), choice in measured_choices.items():
+        path = "the fused kernel" if choice["fused"] else "the reference path"
+        write(f"attention at S={seq}: {path} (measured fused {choice['fused_ms']:.2f} ms, "
+              f"reference {choice['reference_ms']:.2f} ms)")
 
 
 # --- the run folder -------------------------------------------------------------------------------
@@ -408,6 +428,8 @@ def train(cfg: TrainConfig, run_dir: Path, device: str = "cpu", resume: bool = F
             optimizer.zero_grad()
             completed = step
             window_steps += 1
+            if step == start + 1 and device == "cuda":
+                log_attention_choices(lambda message: bar.write(message, file=sys.stderr))
             if device == "cpu" or step % cfg.log_every == 0:
                 loss_value = float(loss_sum) / cfg.grad_accum  # on the GPU: a sync, so not always
                 if not math.isfinite(loss_value):
@@ -431,8 +453,9 @@ def train(cfg: TrainConfig, run_dir: Path, device: str = "cpu", resume: bool = F
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 result = evaluate(model, corpus, cfg, device)
                 rows.append({"step": step, **result})
-                rtd = (f", replaced-token detection {result['eval_rtd_accuracy']:.1%}"
-                       if "eval_rtd_accuracy" in result else "")
+                rtd = (f", replaced-token detection {result['eval_rtd_accuracy']:.1%} "
+                       f"(all-original {result['eval_rtd_original_share']:.1%}), "
+                       f"AUC {result['eval_rtd_auc']:.3f}" if "eval_rtd_auc" in result else "")
                 bar.write(f"step {step}: held-out loss {result['eval_loss']:.3f}, accuracy "
                           f"{result['eval_accuracy']:.1%}{rtd}", file=sys.stderr)
             if step % cfg.save_every == 0 or step == cfg.steps or step == stop_after:

@@ -228,6 +228,16 @@ def time_one_length(cp, fused, seq, repeats, peak_tflops, lines, section):
     if torch_row is not None:
         rows["torch sdpa fp32 (mem-efficient)"] = torch_row
 
+    # what kernels="auto" (the trainer's default) picks for this shape, by its own timing
+    choice = fused.measured_choices.get((batch, heads, seq, dim, "float32"))
+    if choice is None:
+        fused.fused_attention_is_faster(q)
+        choice = fused.measured_choices[(batch, heads, seq, dim, "float32")]
+    section.setdefault("auto_choice", {})[seq] = choice
+    picked = "fused" if choice["fused"] else "reference"
+    lines.append(f"  S={seq:5d} kernels=auto picks the {picked} path"
+                 f" (its own timing: fused {choice['fused_ms']:.3f} ms, reference "
+                 f"{choice['reference_ms']:.3f} ms, no padding)")
     for name, (ms, peak_mb) in rows.items():
         tflops = flops / ms / 1e9
         share = f"{100 * tflops / peak_tflops:5.1f}%" if peak_tflops else "   n/a"

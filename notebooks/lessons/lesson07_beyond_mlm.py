@@ -14,7 +14,6 @@ ELECTRA, which answers two of its weaknesses — all small, with tinymlm's own c
 (`tinymlm.nn.heads`, `tinymlm.finetune`, `tinymlm.electra`).
 """),
     code(r"""
-import glob
 import os
 import tempfile
 import numpy as np
@@ -158,16 +157,34 @@ against a random encoder) is measured by the project's benchmark scripts and wri
 `benchmarks/results/`; the table found there is shown and plotted below.
 """),
     code(r"""
-tables = sorted(glob.glob("../benchmarks/results/*beyond*")) + sorted(
-    glob.glob("../benchmarks/results/*electra*"))
-if not tables:
-    print("note: no beyond-MLM comparison in benchmarks/results/ yet")
-for path in tables:
-    if path.endswith(".md"):
-        display(Markdown(f"**{os.path.basename(path)}**\n\n" + open(path, encoding="utf-8").read()))
-    elif path.endswith(".json"):
-        import json
-        print(json.dumps(json.load(open(path, encoding="utf-8")), indent=1)[:3000])
+import json
+
+path = "../benchmarks/results/beyond_mlm.json"
+if not os.path.exists(path):
+    print("note: no beyond-MLM comparison in benchmarks/results/ yet: "
+          "run python benchmarks/beyond_mlm.py")
+else:
+    report = json.load(open(path, encoding="utf-8"))
+    print(report["command"], "|", report["machine"]["date"])
+    # one panel per task: each encoder's held-out score, mean ± std over seeds, and each seed
+    metric_of = {"verify": "eval_accuracy", "entities": "eval_entity_f1", "qa": "eval_f1"}
+    tasks = [t for t in metric_of if t in report["table"]]
+    encoders = ["none", "mlm", "electra"]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.2))
+    for ax, task in zip(np.atleast_1d(axes), tasks):
+        cells = report["table"][task][metric_of[task]]
+        means = [cells[e]["mean"] for e in encoders]
+        stds = [cells[e]["std"] for e in encoders]
+        ax.bar(encoders, means, yerr=stds, color=["grey", "tab:blue", "tab:orange"], alpha=0.6)
+        for i, e in enumerate(encoders):
+            ax.plot([i] * len(cells[e]["values"]), cells[e]["values"], "k.", ms=4)
+        ax.set_title(f"{task}: {metric_of[task].removeprefix('eval_')}")
+        ax.set_ylim(0, 1)
+    plt.tight_layout(); plt.show()
+    display(Markdown(report["notes"]))
+    entities = report["table"]["entities"]["eval_entity_f1"]
+    # what the table says: on entity typing, MLM pretraining beats no pretraining
+    assert entities["mlm"]["mean"] > entities["none"]["mean"]
 """),
     md(r"""
 ## Summary

@@ -3,7 +3,8 @@
 ``reference``  the plain NumPy / CuPy code in ``tinymlm.nn.functional`` (always available).
 ``numba``      the fused Numba kernels: CUDA kernels for CuPy arrays, CPU kernels for NumPy arrays
                where one exists.
-``auto``       (default) the kernels on the GPU; on the CPU, the kernels that were measured to beat
+``auto``       (default) the kernels on the GPU (attention: where it measures faster, timed once
+               per shape on first use); on the CPU, the kernels that were measured to beat
                the reference path there (see ``benchmarks/``).
 
 The functional layer asks :func:`kernel_choice` once per call; nothing else reads the switch.

@@ -43,6 +43,8 @@ wraps it in the autograd ``Function`` contract.
 from __future__ import annotations
 
 import math
+import statistics
+import time
 from functools import cache, lru_cache
 
 import numpy as np
@@ -469,10 +471,11 @@ def _lengths_from_mask(mask, seq: int):
     return _last_mask[1]
 
 
-def fused_attention_or_none(q, k, v, attention_mask, scale: float):
+def fused_attention_or_none(q, k, v, attention_mask, scale: float, only_if_faster=False):
     """``FusedAttention`` for ``F.scaled_dot_product_attention``, or None when the kernels
     cannot run these inputs (dtype, head dim, left or inner padding, an all-padding sequence)
-    and the caller should use the reference path."""
+    and the caller should use the reference path. With ``only_if_faster`` (kernels="auto")
+    also None where the reference path measured faster for this shape."""
     raw_q, raw_k, raw_v = (a.data if isinstance(a, Tensor) else a for a in (q, k, v))
     if not (supports(raw_q) and raw_q.shape == raw_k.shape == raw_v.shape):
         return None
@@ -488,4 +491,81 @@ def fused_attention_or_none(q, k, v, attention_mask, scale: float):
         lengths = _lengths_from_mask(attention_mask, seq)
         if lengths is None:
             return None
+    if only_if_faster and not fused_attention_is_faster(raw_q):
+        return None
     return FusedAttention.apply(q, k, v, lengths=lengths, scale=scale)
+
+
+# --- kernels="auto" on the GPU: the faster path for each shape, by measurement ---------------
+
+# (B, heads, S, d, dtype) -> {"fused_ms", "reference_ms", "fused"}: what was measured and chosen
+measured_choices: dict[tuple, dict] = {}
+
+
+def choose_by_timing(run_fused, run_reference, clock=time.perf_counter, repeats: int = 3) -> dict:
+    """Time two callables that each run forward + backward and wait for the device: one
+    warm-up each (compilation, memory pools), then ``repeats`` alternating runs. The smaller
+    median wins; a tie goes to the fused kernel (it also saves the S x S memory)."""
+    run_fused()
+    run_reference()
+    times: dict[str, list[float]] = {"fused": [], "reference": []}
+    for _ in range(repeats):
+        for name, run in (("fused", run_fused), ("reference", run_reference)):
+            start = clock()
+            run()
+            times[name].append(clock() - start)
+    fused_ms = 1e3 * statistics.median(times["fused"])
+    reference_ms = 1e3 * statistics.median(times["reference"])
+    return {"fused_ms": fused_ms, "reference_ms": reference_ms, "fused": fused_ms <= reference_ms}
+
+
+def attention_runs(shape, dtype):
+    """Forward + backward of each path on random inputs of ``shape`` (B, heads, S, d), no
+    padding: the two callables :func:`choose_by_timing` compares."""
+    from tinymlm.nn.functional import Attention
+
+    xp = cuda_array_module()
+    batch, _, seq, head_dim = shape
+    generator = xp.random.default_rng(0)
+    q, k, v, grad = (generator.standard_normal(shape, dtype=np.float32).astype(dtype)
+                     for _ in range(4))
+    lengths = xp.full((batch,), seq, dtype=np.int32)  # (B,)
+    mask = xp.ones((batch, seq), dtype=np.int64)  # (B, S)
+    scale = 1.0 / math.sqrt(head_dim)
+    synchronize = getattr(getattr(xp, "cuda", None), "Device", None)
+
+    def wait():
+        if synchronize is not None:
+            synchronize().synchronize()
+
+    def fused():
+        out, lse = attention_forward(q, k, v, lengths, scale)
+        attention_backward(q, k, v, out, lse, grad, lengths, scale)
+        wait()
+
+    def reference():
+        function = Attention()
+        function.forward(q, k, v, mask, scale=scale)
+        function.backward(grad)
+        wait()
+
+    return fused, reference
+
+
+def cuda_array_module():
+    """CuPy on a GPU; NumPy under Numba's CUDA simulator (the tests)."""
+    if numba_config.ENABLE_CUDASIM:
+        return np
+    from tinymlm import backend
+
+    return backend.cupy_module()
+
+
+def fused_attention_is_faster(q) -> bool:
+    """Whether the fused kernel beats the reference path for attention of q's shape
+    (B, heads, S, d) and dtype, forward + backward: measured the first time a shape is seen
+    (a few milliseconds of the first step), then remembered in ``measured_choices``."""
+    key = (*q.shape, str(q.dtype))
+    if key not in measured_choices:
+        measured_choices[key] = choose_by_timing(*attention_runs(q.shape, q.dtype))
+    return measured_choices[key]["fused"]

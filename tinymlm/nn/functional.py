@@ -408,7 +408,9 @@ def scaled_dot_product_attention(
     if dropout_p == 0.0 and on_gpu and kernels.kernel_choice(on_gpu, False):
         from tinymlm.kernels.attention import fused_attention_or_none
 
-        out = fused_attention_or_none(q, k, v, mask, scale)
+        # "auto" takes the fused kernel only where it measured faster for this shape
+        out = fused_attention_or_none(q, k, v, mask, scale,
+                                      only_if_faster=kernels.kernels_mode() == "auto")
         if out is not None:
             return out
     if not on_gpu:
