@@ -108,10 +108,19 @@ difference between facts learned in a few minutes and not learned at all in that
 """),
     code(r"""
 sentence = tok(["Paris is the capital of France. The sky is blue."])
-salient = make_collator(cfg, tok)
-token = MLMCollator(tok, mlm_probability=0.15, seed=0)
-print("salient:", tok.decode(salient(sentence["input_ids"])["input_ids"][0].tolist()))
-print("token:  ", tok.decode(token(sentence["input_ids"])["input_ids"][0].tolist()))
+# the salient choice alone (other tokens at probability ~0): one entity in each sentence,
+# then the usual 80/10/10 (so now and then the chosen word is swapped or kept, not masked)
+entities_only = make_collator(TrainConfig(mlm_probability=1e-9), tok)
+salient = make_collator(cfg, tok)                      # as in training: + 15% of the rest
+token = MLMCollator(tok, mlm_probability=0.15, seed=0)  # BERT's rule
+
+def masked(collate):
+    return tok.decode(collate(sentence["input_ids"])["input_ids"][0].tolist())
+
+for _ in range(3):
+    print("one entity per sentence:", masked(entities_only))
+print("salient, as trained:    ", masked(salient))
+print("token (BERT):           ", masked(token))
 
 # over many draws: how often is a fact's entity asked for?
 many = np.repeat(sentence["input_ids"], 2000, axis=0)
