@@ -22,6 +22,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from the source tree
+    sys.path.insert(0, str(ROOT))
+
+from tinymlm.fileio import atomic_write_text  # noqa: E402
+
 QUESTIONS = [  # (sentence, whether tinyworld's training documents use this phrasing)
     ("Paris is the capital of [MASK].", True),
     ("The cat sat on the [MASK].", True),
@@ -108,7 +113,7 @@ def main() -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
-        Path(args.out).write_text(text)
+        atomic_write_text(Path(args.out), text)
     return 0
 
 

@@ -1,7 +1,7 @@
 """When does a small BERT learn its facts? Held-out fact accuracy every N steps of a run.
 
-The trainer's own pieces (``build_corpus``, ``make_model``, ``make_collator``, AdamW with the
-schedule and clipping, the same batch order and dropout seeds as ``python -m tinymlm.train``),
+The trainer's own pieces (``build_corpus``, ``make_model``, ``make_collator`` and
+``training_step``: the same batches, masks and dropout as ``python -m tinymlm.train``),
 with tinyworld's fact probes asked every ``--probe-every`` steps: the held-out phrasings
 (knowledge) and a sample of the training phrasings (memory). Any trainer setting can be
 changed, which is how the default recipe was chosen (``benchmarks/results/train_default.md``):
@@ -24,25 +24,17 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script from the source tree
     sys.path.insert(0, str(REPO))
 
-from tinymlm import backend, kernels  # noqa: E402
+from tinymlm import kernels  # noqa: E402
 from tinymlm.data import tinyworld  # noqa: E402
-from tinymlm.fill_mask import fill_mask  # noqa: E402
-from tinymlm.optim import AdamW, clip_grad_norm_, lr_at, param_groups  # noqa: E402
+from tinymlm.optim import AdamW, param_groups  # noqa: E402
 from tinymlm.train import (  # noqa: E402
     TrainConfig,
-    batch_rows,
     build_corpus,
+    fact_scores,
     make_collator,
     make_model,
+    training_step,
 )
-
-
-def accuracy(model, tokenizer, probes) -> tuple[float, dict]:
-    """Share of probes whose top-1 fill-mask answer is right, overall and per relation."""
-    answers = [r[0]["token_str"] for r in fill_mask(model, tokenizer, [p.text for p in probes],
-                                                     top_k=1)]
-    overall = float(np.mean([a == p.answer for a, p in zip(answers, probes, strict=True)]))
-    return overall, tinyworld.fact_accuracy(probes, answers)
 
 
 def main(argv=None) -> int:
@@ -79,23 +71,16 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     model.train()
     for step in range(1, cfg.steps + 1):
-        backend.manual_seed(cfg.seed * 1_000_003 + step)  # dropout, as the trainer seeds it
-        rows = batch_rows(step, 0, cfg, len(corpus.train_ids))
-        batch = collate(corpus.train_ids[rows], corpus.train_mask[rows])
-        out = model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"])
-        out.loss.backward()
-        clip_grad_norm_(model.parameters(), cfg.clip_norm)
-        optimizer.set_lr(lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.decay))
-        optimizer.step()
-        optimizer.zero_grad()
+        loss, _, _ = training_step(step, model, optimizer, collate, corpus, cfg)
         if step % probe_every == 0 or step == cfg.steps:
             model.eval()
-            held, per_relation = accuracy(model, tokenizer, heldout)
-            memory, _ = accuracy(model, tokenizer, trained)
+            held, per_relation = fact_scores(model, tokenizer, heldout)
+            memory, _ = fact_scores(model, tokenizer, trained)
             model.train()
             curve.append((step, held, memory))
             relations = " ".join(f"{r}={a:.2f}" for r, a in sorted(per_relation.items()))
-            print(f"step {step} ({time.perf_counter() - start:.0f} s) loss {out.loss.item():.3f}"
+            loss_value = float(loss) / cfg.grad_accum  # mean over the micro-batches
+            print(f"step {step} ({time.perf_counter() - start:.0f} s) loss {loss_value:.3f}"
                   f" | held-out facts {held:.1%} | training phrasings {memory:.1%} | {relations}",
                   flush=True)
     if png:

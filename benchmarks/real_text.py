@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tinymlm.data import MLMCollator, python_docs_corpus  # noqa: E402
+from tinymlm.fileio import atomic_write_text  # noqa: E402
 from tinymlm.nn.bert import BertForMaskedLM  # noqa: E402
 from tinymlm.train import TrainConfig, build_corpus, evaluate, train  # noqa: E402
 
@@ -94,7 +95,7 @@ def main() -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
-        Path(args.out).write_text(text)
+        atomic_write_text(Path(args.out), text)
     return 0
 
 

@@ -18,6 +18,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from parity import assert_gradients_close  # noqa: E402
+
 from tinymlm.autograd import Tensor  # noqa: E402
 from tinymlm.gradcheck import gradcheck  # noqa: E402
 from tinymlm.nn.bert import BertConfig, BertForMaskedLM  # noqa: E402
@@ -114,23 +116,6 @@ def run_ours(model, batch):
     logits = {k: v.numpy() for k, v in outputs_of(out, kind).items()}
     out.loss.backward()
     return logits, out.loss, {n: p.grad for n, p in model.named_parameters()}
-
-
-def assert_gradients_close(ours: dict, theirs: dict, rtol: float) -> None:
-    """Each gradient within rtol of its own largest entry plus rtol of the model's largest.
-
-    (The attention key biases have a gradient that is 0 in exact arithmetic: both sides hold
-    rounding noise whose relative difference means nothing; the second term absorbs it.)
-    """
-    assert set(ours) == set(theirs)
-    scale = max(float(np.abs(g).max()) for g in theirs.values())
-    for name, g in ours.items():
-        expected = theirs[name]
-        assert g is not None, f"{name} got no gradient"
-        assert g.shape == expected.shape and g.dtype == expected.dtype, name
-        tol = rtol * float(np.abs(expected).max()) + rtol * scale
-        err = float(np.abs(g - expected).max())
-        assert err <= tol, f"{name}: max |Δgrad| {err:.3e} > {tol:.3e}"
 
 
 @pytest.mark.parametrize("kind", list(HEADS))

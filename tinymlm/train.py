@@ -202,6 +202,30 @@ def batch_rows(step: int, micro: int, cfg: TrainConfig, n_rows: int) -> np.ndarr
     return epoch_rows(cfg.seed, start, cfg.batch_size, n_rows)
 
 
+def training_step(step: int, model, optimizer, collator, corpus: Corpus, cfg: TrainConfig):
+    """Optimizer step ``step`` (1-based): ``grad_accum`` micro-batches, clipping, schedule.
+
+    Everything random in it is a function of the step (batch rows, dropout seed) or of the
+    collator's saved state, which is what makes a resumed run equal an uninterrupted one.
+    Returns the summed micro-batch losses (a 0-d array on the model's device: reading it on
+    the GPU is a sync), the gradient norm, and the predicted positions of each micro-batch.
+    """
+    backend.manual_seed(cfg.seed * 1_000_003 + step)  # dropout: a function of the step
+    loss_sum, predicted = None, []
+    for micro in range(cfg.grad_accum):
+        rows = batch_rows(step, micro, cfg, len(corpus.train_ids))
+        batch = collator(corpus.train_ids[rows], corpus.train_mask[rows])
+        out = model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"])
+        (out.loss * (1.0 / cfg.grad_accum)).backward()
+        loss_sum = out.loss.data if loss_sum is None else loss_sum + out.loss.data
+        predicted.append(int((batch["labels"] != -100).sum()))
+    grad_norm = clip_grad_norm_(model.parameters(), cfg.clip_norm)
+    optimizer.set_lr(lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.decay))
+    optimizer.step()
+    optimizer.zero_grad()
+    return loss_sum, grad_norm, predicted
+
+
 # --- the model and its cost -----------------------------------------------------------------------
 
 
@@ -274,9 +298,9 @@ def evaluate(model, corpus: Corpus, cfg: TrainConfig, device: str) -> dict:
                 real = int(batch["attention_mask"].sum())
                 rtd_loss += float(out.rtd_loss.item()) * real
                 rtd_right += float(out.rtd_accuracy) * real
-                counted = backend.to_numpy(out.rtd_labels) != -100  # (B, S) real tokens
-                rtd_scores.append(backend.to_numpy(out.discriminator_logits.data)[counted])
-                rtd_replaced.append(backend.to_numpy(out.rtd_labels)[counted] == 1)
+                labels = backend.to_numpy(out.rtd_labels)  # (B, S) 1 replaced, 0 not, -100 pad
+                rtd_scores.append(backend.to_numpy(out.discriminator_logits.data)[labels != -100])
+                rtd_replaced.append(labels[labels != -100] == 1)
                 tokens += real
             else:
                 out = model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"])
@@ -301,6 +325,17 @@ def evaluate(model, corpus: Corpus, cfg: TrainConfig, device: str) -> dict:
     return result
 
 
+def fact_scores(model, tokenizer, probes) -> tuple[float, dict[str, float]]:
+    """Top-1 fill-mask accuracy on tinyworld probes: overall, and per relation."""
+    from tinymlm.data import tinyworld
+    from tinymlm.fill_mask import fill_mask
+
+    answers = [r[0]["token_str"] for r in fill_mask(model, tokenizer, [p.text for p in probes],
+                                                     top_k=1)]
+    overall = float(np.mean([a == p.answer for a, p in zip(answers, probes, strict=True)]))
+    return overall, tinyworld.fact_accuracy(probes, answers)
+
+
 def knowledge_report(model, tokenizer, log) -> dict:
     """tinyworld only: the seed sentences and fact accuracy per relation on held-out phrasings."""
     from tinymlm.data import tinyworld
@@ -311,9 +346,7 @@ def knowledge_report(model, tokenizer, log) -> dict:
         guesses = ", ".join(f"{c['token_str']} ({c['score']:.2f})" for c in best)
         log(f"  {text:55s} -> {guesses}   [expected {answer}]")
     probes = tinyworld.fact_probes("heldout")
-    results = fill_mask(model, tokenizer, [p.text for p in probes], top_k=1)
-    accuracy = tinyworld.fact_accuracy(probes, [r[0]["token_str"] for r in results])
-    overall = float(np.mean([r[0]["token_str"] == p.answer for r, p in zip(results, probes)]))
+    overall, accuracy = fact_scores(model, tokenizer, probes)
     log(f"held-out fact accuracy: {overall:.1%} over {len(probes)} probes")
     for relation, acc in sorted(accuracy.items()):
         log(f"  {relation:20s} {acc:.1%}")
@@ -412,20 +445,10 @@ def train(cfg: TrainConfig, run_dir: Path, device: str = "cpu", resume: bool = F
     step = completed = start
     try:
         for step in range(start + 1, min(last, cfg.steps) + 1):
-            backend.manual_seed(cfg.seed * 1_000_003 + step)  # dropout: a function of the step
-            loss_sum = None
-            for micro in range(cfg.grad_accum):
-                rows_ = batch_rows(step, micro, cfg, len(corpus.train_ids))
-                batch = collator(corpus.train_ids[rows_], corpus.train_mask[rows_])
-                out = model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"])
-                (out.loss * (1.0 / cfg.grad_accum)).backward()
-                loss_sum = out.loss.data if loss_sum is None else loss_sum + out.loss.data
-                window_flops += model_flops(model, cfg.batch_size, cfg.max_length,
-                                            int((batch["labels"] != -100).sum()))
-            grad_norm = clip_grad_norm_(model.parameters(), cfg.clip_norm)
-            optimizer.set_lr(lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.decay))
-            optimizer.step()
-            optimizer.zero_grad()
+            loss_sum, grad_norm, predicted = training_step(step, model, optimizer, collator,
+                                                           corpus, cfg)
+            window_flops += sum(model_flops(model, cfg.batch_size, cfg.max_length, n)
+                                for n in predicted)
             completed = step
             window_steps += 1
             if step == start + 1 and device == "cuda":

@@ -73,20 +73,13 @@ def pack_documents(
         if not document:
             continue
         pieces = [document] if ends is None else split_sentences(document, ends)
-        first = True
-        for piece in pieces:
-            # [SEP] before the first piece of a document that shares the sequence
-            separator = 1 if first and body else 0
-            first = False
-            room = capacity - len(body) - separator
-            if ends is not None and len(piece) > room and body:
-                close()  # whole sentences only: this one starts the next sequence
-                separator, room = 0, capacity
-            if separator:
-                if room < 1:
-                    close()
-                else:
-                    body.append(sep_id)
+        for index, piece in enumerate(pieces):
+            opens_document = index == 0 and bool(body)  # a [SEP] after the previous document
+            room = capacity - len(body) - opens_document
+            if body and (room < 1 or (ends is not None and len(piece) > room)):
+                close()  # no room for [SEP] and a token, or a sentence that must not be cut
+            elif opens_document:
+                body.append(sep_id)
             start = 0
             while start < len(piece):
                 taken = piece[start : start + capacity - len(body)]

@@ -519,24 +519,22 @@ def choose_by_timing(run_fused, run_reference, clock=time.perf_counter, repeats:
     return {"fused_ms": fused_ms, "reference_ms": reference_ms, "fused": fused_ms <= reference_ms}
 
 
-def attention_runs(shape, dtype):
-    """Forward + backward of each path on random inputs of ``shape`` (B, heads, S, d), no
-    padding: the two callables :func:`choose_by_timing` compares."""
+def attention_runs(like):
+    """Forward + backward of each path on random inputs shaped like ``like`` (B, heads, S, d),
+    on its device, no padding: the two callables :func:`choose_by_timing` compares."""
     from tinymlm.nn.functional import Attention
 
-    xp = cuda_array_module()
-    batch, _, seq, head_dim = shape
+    xp = _array_module(like)
+    batch, _, seq, head_dim = like.shape
     generator = xp.random.default_rng(0)
-    q, k, v, grad = (generator.standard_normal(shape, dtype=np.float32).astype(dtype)
-                     for _ in range(4))
+    q, k, v, grad = (generator.standard_normal(like.shape, dtype=np.float32) for _ in range(4))
     lengths = xp.full((batch,), seq, dtype=np.int32)  # (B,)
     mask = xp.ones((batch, seq), dtype=np.int64)  # (B, S)
     scale = 1.0 / math.sqrt(head_dim)
-    synchronize = getattr(getattr(xp, "cuda", None), "Device", None)
 
-    def wait():
-        if synchronize is not None:
-            synchronize().synchronize()
+    def wait():  # both paths run on CuPy's current stream; the simulator is synchronous
+        if xp is not np:
+            xp.cuda.get_current_stream().synchronize()
 
     def fused():
         out, lse = attention_forward(q, k, v, lengths, scale)
@@ -552,20 +550,11 @@ def attention_runs(shape, dtype):
     return fused, reference
 
 
-def cuda_array_module():
-    """CuPy on a GPU; NumPy under Numba's CUDA simulator (the tests)."""
-    if numba_config.ENABLE_CUDASIM:
-        return np
-    from tinymlm import backend
-
-    return backend.cupy_module()
-
-
 def fused_attention_is_faster(q) -> bool:
     """Whether the fused kernel beats the reference path for attention of q's shape
     (B, heads, S, d) and dtype, forward + backward: measured the first time a shape is seen
     (a few milliseconds of the first step), then remembered in ``measured_choices``."""
     key = (*q.shape, str(q.dtype))
     if key not in measured_choices:
-        measured_choices[key] = choose_by_timing(*attention_runs(q.shape, q.dtype))
+        measured_choices[key] = choose_by_timing(*attention_runs(q))
     return measured_choices[key]["fused"]
