@@ -82,6 +82,11 @@ class Function:
         return result
 
 
+def raw(a):
+    """The array inside a Tensor; anything else as it is."""
+    return a.data if isinstance(a, Tensor) else a
+
+
 def unbroadcast(grad, shape: tuple):
     """Sum ``grad`` over the axes that broadcasting added or stretched, back to ``shape``."""
     if grad.shape == shape:

@@ -94,6 +94,11 @@ def to_device(a, device: str):
     return a.get() if is_cupy_array(a) else np.asarray(a)
 
 
+def asarray_on(a, like, dtype=None):
+    """``a`` (an array of either device, or a list) as an array on the device of ``like``."""
+    return get_array_module(like).asarray(to_device(a, device_of(like)), dtype=dtype)
+
+
 def to_numpy(a) -> np.ndarray:
     """A NumPy array from either device (a copy for CuPy arrays)."""
     return a.get() if is_cupy_array(a) else np.asarray(a)

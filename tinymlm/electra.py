@@ -41,9 +41,9 @@ from pathlib import Path
 import numpy as np
 
 from tinymlm import backend, ops
-from tinymlm.autograd import Function, Tensor
+from tinymlm.autograd import Function, Tensor, raw
 from tinymlm.nn import functional as F
-from tinymlm.nn.bert import BertConfig, BertEncoder, BertModel, _as_array, init_bert_parameters
+from tinymlm.nn.bert import BertConfig, BertEncoder, BertModel, init_bert_parameters
 from tinymlm.nn.layers import LayerNorm, Linear
 from tinymlm.nn.module import Module, Parameter
 
@@ -260,20 +260,20 @@ class ElectraForPretraining(Module):
             )
         like = self.discriminator.embeddings.word_embeddings.weight.data
         xp = backend.get_array_module(like)
-        input_ids = _as_array(input_ids, like)
-        labels = _as_array(labels, like)
+        input_ids = backend.asarray_on(raw(input_ids), like, np.int64)
+        labels = backend.asarray_on(raw(labels), like, np.int64)
         if labels.shape != input_ids.shape:
             raise ValueError(f"labels {labels.shape} and input_ids {input_ids.shape} differ")
         masked = labels != -100  # (B, S)
         if original_ids is None:
             original_ids = xp.where(masked, labels, input_ids)  # (B, S)
-        original_ids = _as_array(original_ids, like)
+        original_ids = backend.asarray_on(raw(original_ids), like, np.int64)
         if attention_mask is None:
             attention_mask = xp.ones(input_ids.shape, dtype=np.int64)
-        attention_mask = _as_array(attention_mask, like)
+        attention_mask = backend.asarray_on(raw(attention_mask), like, np.int64)
         if token_type_ids is None:
             token_type_ids = xp.zeros(input_ids.shape, dtype=np.int64)
-        token_type_ids = _as_array(token_type_ids, like)
+        token_type_ids = backend.asarray_on(raw(token_type_ids), like, np.int64)
 
         # 1. the generator: MLM on the masked positions, then one sample for each
         predicted = xp.flatnonzero(masked.reshape(-1))  # (M,) row-major

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 
 from tinymlm import backend, ops
-from tinymlm.autograd import Tensor
+from tinymlm.autograd import Tensor, raw
 from tinymlm.nn import functional as F
 from tinymlm.nn.layers import Dropout, Embedding, LayerNorm, Linear
 from tinymlm.nn.module import Module, ModuleList, Parameter
@@ -232,14 +232,6 @@ class MaskedLMOutput:
     logits: Tensor  # (M, V) with labels and sparse prediction; (B, S, V) otherwise
 
 
-def _as_array(a, like, dtype=np.int64):
-    """Ids and masks as integer arrays on the device of ``like`` (a parameter's array)."""
-    if isinstance(a, Tensor):
-        a = a.data
-    return backend.get_array_module(like).asarray(backend.to_device(a, backend.device_of(like)),
-                                                  dtype=dtype)
-
-
 _initialize = True  # False while building a model only to load weights into it
 
 
@@ -312,14 +304,14 @@ class BertModel(BertPreTrainedModel):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> BaseModelOutput:
         like = self.embeddings.word_embeddings.weight.data
-        input_ids = _as_array(input_ids, like)
+        input_ids = backend.asarray_on(raw(input_ids), like, np.int64)
         xp = backend.get_array_module(like)
         if attention_mask is None:
             attention_mask = xp.ones(input_ids.shape, dtype=np.int64)
         if token_type_ids is None:
             token_type_ids = xp.zeros(input_ids.shape, dtype=np.int64)
-        attention_mask = _as_array(attention_mask, like)
-        token_type_ids = _as_array(token_type_ids, like)
+        attention_mask = backend.asarray_on(raw(attention_mask), like, np.int64)
+        token_type_ids = backend.asarray_on(raw(token_type_ids), like, np.int64)
         x = self.embeddings(input_ids, token_type_ids)  # (B, S, H)
         x = self.encoder(x, attention_mask)  # (B, S, H)
         pooled = self.pooler(x) if "pooler" in self._modules else None
@@ -388,15 +380,15 @@ class BertForMaskedLM(BertPreTrainedModel):
         if self.sparse_prediction:
             # Find the M predicted positions where the labels live (the host, when the collator
             # made them) and copy only those: on the GPU, flatnonzero would wait for the device.
-            flat = _as_array(labels, labels.data if isinstance(labels, Tensor) else labels)
+            flat = raw(labels)
             flat = flat.reshape(-1)  # (B·S,)
             predicted = backend.get_array_module(flat).flatnonzero(flat != -100)  # (M,)
-            targets = _as_array(flat[predicted], hidden.data)  # (M,)
-            predicted = _as_array(predicted, hidden.data)
+            targets = backend.asarray_on(raw(flat[predicted]), hidden.data, np.int64)  # (M,)
+            predicted = backend.asarray_on(raw(predicted), hidden.data, np.int64)
             logits = head(ops.getitem(rows, predicted))  # (M, V)
             loss = F.cross_entropy(logits, targets)
             return MaskedLMOutput(loss=loss, logits=logits)
-        labels = _as_array(labels, hidden.data).reshape(-1)  # (B·S,)
+        labels = backend.asarray_on(raw(labels), hidden.data, np.int64).reshape(-1)  # (B·S,)
         logits = head(rows)  # (B·S, V)
         loss = F.cross_entropy(logits, labels)
         return MaskedLMOutput(loss=loss, logits=logits.reshape(B, S, -1))

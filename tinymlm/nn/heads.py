@@ -31,10 +31,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from tinymlm import backend
-from tinymlm.autograd import Tensor
+from tinymlm.autograd import Tensor, raw
 from tinymlm.nn import functional as F
-from tinymlm.nn.bert import BertConfig, BertModel, BertPreTrainedModel, _as_array
+from tinymlm.nn.bert import BertConfig, BertModel, BertPreTrainedModel
 from tinymlm.nn.layers import Dropout, Linear
 
 # --- outputs (Hugging Face's field names) --------------------------------------------------------
@@ -162,7 +164,7 @@ class BertForSequenceClassification(BertForDownstreamTask):
         logits = self.classifier(self.dropout(pooled))  # (B, C)
         loss = None
         if labels is not None:
-            labels = _as_array(labels, logits.data).reshape(-1)  # (B,)
+            labels = backend.asarray_on(raw(labels), logits.data, np.int64).reshape(-1)  # (B,)
             loss = F.cross_entropy(logits, labels)
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
@@ -188,7 +190,7 @@ class BertForTokenClassification(BertForDownstreamTask):
         loss = None
         if labels is not None:
             B, S, C = logits.shape
-            labels = _as_array(labels, logits.data).reshape(-1)  # (B·S,)
+            labels = backend.asarray_on(raw(labels), logits.data, np.int64).reshape(-1)  # (B·S,)
             loss = F.cross_entropy(logits.reshape(B * S, C), labels)
         return TokenClassifierOutput(loss=loss, logits=logits)
 
@@ -222,8 +224,10 @@ class BertForQuestionAnswering(BertForDownstreamTask):
             S = start_logits.shape[1]
             xp = backend.get_array_module(logits.data)
             # Positions outside the sequence (answers truncated away) become S and are ignored.
-            start = xp.clip(_as_array(start_positions, logits.data).reshape(-1), 0, S)  # (B,)
-            end = xp.clip(_as_array(end_positions, logits.data).reshape(-1), 0, S)  # (B,)
+            start = backend.asarray_on(raw(start_positions), logits.data, np.int64)
+            end = backend.asarray_on(raw(end_positions), logits.data, np.int64)
+            start = xp.clip(start.reshape(-1), 0, S)  # (B,)
+            end = xp.clip(end.reshape(-1), 0, S)  # (B,)
             loss = (
                 F.cross_entropy(start_logits, start, ignore_index=S)
                 + F.cross_entropy(end_logits, end, ignore_index=S)
