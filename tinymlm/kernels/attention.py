@@ -45,13 +45,14 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from functools import cache, lru_cache
+from functools import cache
 
 import numpy as np
 from numba import config as numba_config
 from numba import cuda, float32
 
 from tinymlm.autograd import Function, Tensor
+from tinymlm.kernels.launch import array_module, cuda_kernel, launch
 
 LOG2E = float32(math.log2(math.e))
 LN2 = float32(math.log(2.0))
@@ -89,7 +90,7 @@ def forward_kernel(head_dim: int, block_q: int, block_k: int):
     D, BQ, BK = head_dim, block_q, block_k
     BKP = BK + 1  # padded score row: conflict-free
 
-    @cuda.jit(fastmath=True)
+    @cuda_kernel(BQ)
     def attention_forward_kernel(q, k, v, lengths, scale_log2, out, lse):
         # q, k, v, out: (B, H, S, D) float32, any strides; lengths: (B,) int32; lse: (B, H, S)
         t = cuda.threadIdx.x
@@ -166,7 +167,7 @@ def delta_kernel(head_dim: int, block_q: int):
     """delta <- rowsum(dO * O); grid (ceil(S / block_q), B * heads), block_q threads."""
     D, BQ = head_dim, block_q
 
-    @cuda.jit(fastmath=True)
+    @cuda_kernel(BQ)
     def attention_delta_kernel(out, grad_out, delta):
         # out, grad_out: (B, H, S, D); delta: (B, H, S)
         heads = out.shape[1]
@@ -194,7 +195,7 @@ def dkdv_kernel(head_dim: int, block_keys: int, query_tile: int):
     D, BK, BQ = head_dim, block_keys, query_tile
     DP = D + 1  # padded row length: conflict-free column reads
 
-    @cuda.jit(fastmath=True)
+    @cuda_kernel(BK)
     def attention_dkdv_kernel(q, k, v, grad_out, lse, delta, lengths, scale_log2, scale, dk, dv):
         t = cuda.threadIdx.x
         heads = q.shape[1]
@@ -267,7 +268,7 @@ def dq_kernel(head_dim: int, block_q: int, block_k: int):
     D, BQ, BK = head_dim, block_q, block_k
     DP = D + 1
 
-    @cuda.jit(fastmath=True)
+    @cuda_kernel(BQ)
     def attention_dq_kernel(q, k, v, grad_out, lse, delta, lengths, scale_log2, scale, dq):
         t = cuda.threadIdx.x
         heads = q.shape[1]
@@ -331,16 +332,11 @@ def supports(q) -> bool:
 
 
 def _array_module(a):
-    if isinstance(a, np.ndarray):
-        if not numba_config.ENABLE_CUDASIM:
-            raise ValueError(
-                "the fused attention kernels run on CuPy arrays; move the tensors to the GPU "
-                "(tensor.to('cuda')) or use the reference path (kernels='reference')"
-            )
-        return np
-    import cupy
-
-    return cupy
+    return array_module(
+        a,
+        "the fused attention kernels run on CuPy arrays; move the tensors to the GPU "
+        "(tensor.to('cuda')) or use the reference path (kernels='reference')",
+    )
 
 
 def _check(q, k, v) -> None:
@@ -357,22 +353,6 @@ def _check(q, k, v) -> None:
 
 def _empty(xp, shape):
     return xp.full(shape, np.nan, dtype=np.float32) if POISON else xp.empty(shape, np.float32)
-
-
-def _launch(xp, kernel, grid, block, *args) -> None:
-    if xp is np:  # the simulator
-        kernel[grid, block](*args)
-        return
-    import cupy
-
-    # Run on CuPy's current stream so the launch is ordered with the surrounding CuPy work.
-    kernel[grid, block, _numba_stream(cupy.cuda.get_current_stream().ptr)](*args)
-
-
-@lru_cache(maxsize=16)
-def _numba_stream(pointer: int):
-    """Numba's handle on a CUDA stream that CuPy owns (made once per stream)."""
-    return cuda.external_stream(pointer)
 
 
 def _lengths(xp, lengths, batch: int, seq: int):
@@ -398,7 +378,7 @@ def attention_forward(q, k, v, lengths, scale: float, block_q=None, block_k=None
     lse = _empty(xp, q.shape[:3])  # (B, H, S)
     scale_log2 = np.float32(scale * math.log2(math.e))
     grid = ((seq + bq - 1) // bq, batch * heads)
-    _launch(xp, forward_kernel(dim, bq, bk), grid, bq, q, k, v, lengths, scale_log2, out, lse)
+    launch(forward_kernel(dim, bq, bk), grid, bq, q, k, v, lengths, scale_log2, out, lse)
     return out, lse
 
 
@@ -418,7 +398,7 @@ def attention_backward(
 
     delta = _empty(xp, q.shape[:3])  # (B, H, S)
     query_grid = ((seq + bq - 1) // bq, batch * heads)
-    _launch(xp, delta_kernel(dim, bq), query_grid, bq, out, grad_out, delta)
+    launch(delta_kernel(dim, bq), query_grid, bq, out, grad_out, delta)
 
     dq, dk, dv = _empty(xp, q.shape), _empty(xp, q.shape), _empty(xp, q.shape)
     # The dK/dV kernel mirrors the dQ kernel: block_q threads each own one key, and queries
@@ -426,8 +406,8 @@ def attention_backward(
     key_grid = ((seq + bq - 1) // bq, batch * heads)
     kernel = dkdv_kernel(dim, bq, bk)
     args = (q, k, v, grad_out, lse, delta, lengths, scale_log2, scale)
-    _launch(xp, kernel, key_grid, bq, *args, dk, dv)
-    _launch(xp, dq_kernel(dim, bq, bk), query_grid, bq, *args, dq)
+    launch(kernel, key_grid, bq, *args, dk, dv)
+    launch(dq_kernel(dim, bq, bk), query_grid, bq, *args, dq)
     return dq, dk, dv
 
 

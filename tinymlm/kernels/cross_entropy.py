@@ -59,6 +59,7 @@ from numba import cuda, njit, prange, types
 from numba.extending import intrinsic, overload
 
 from tinymlm.autograd import Function
+from tinymlm.kernels.launch import array_module, cuda_kernel, launch
 
 WARP = 32
 DEFAULT_BLOCK = 512  # threads per row on the GPU: a first choice, until the lab's sweep on a GPU
@@ -346,7 +347,7 @@ def cuda_forward_kernel(
     reduce = _block_reduce(dtype, block, shuffles)
     stride = block * ilp
 
-    @cuda.jit(fastmath=True)
+    @cuda_kernel(block)
     def cross_entropy_forward(logits, targets, ignore_index, loss, lse):
         row = cuda.blockIdx.x
         tid = cuda.threadIdx.x
@@ -391,7 +392,7 @@ def cuda_backward_kernel(dtype: str = "float32", block: int = DEFAULT_BLOCK, rev
     """
     ftype = _ftype(dtype)
 
-    @cuda.jit(fastmath=True)
+    @cuda_kernel(block)
     def cross_entropy_backward(logits, targets, ignore_index, lse, scale, grad):
         M, V = logits.shape
         row = M - 1 - cuda.blockIdx.x if reverse else cuda.blockIdx.x
@@ -411,26 +412,7 @@ def cuda_backward_kernel(dtype: str = "float32", block: int = DEFAULT_BLOCK, rev
 
 def _device_module(a):
     """cupy for CuPy arrays; numpy only under the simulator (the tests' way in)."""
-    if isinstance(a, np.ndarray):
-        if not numba_config.ENABLE_CUDASIM:
-            raise ValueError("the CUDA kernels take CuPy arrays; NumPy arrays go to cpu_forward")
-        return np
-    import cupy
-
-    return cupy
-
-
-def _launch(xp, kernel, grid: int, block: int, *args) -> None:
-    if grid == 0:
-        return
-    if xp is np:  # the simulator
-        kernel[grid, block](*args)
-        return
-    import cupy
-
-    # Run on CuPy's current stream so the launch is ordered with the surrounding CuPy work.
-    with cuda.external_stream(cupy.cuda.get_current_stream().ptr) as stream:
-        kernel[grid, block, stream](*args)
+    return array_module(a, "the CUDA kernels take CuPy arrays; NumPy arrays go to cpu_forward")
 
 
 def cuda_forward(logits, targets, ignore_index: int = -100, block: int = DEFAULT_BLOCK):
@@ -443,7 +425,7 @@ def cuda_forward(logits, targets, ignore_index: int = -100, block: int = DEFAULT
     loss = xp.empty(M, logits.dtype)
     lse = xp.empty(M, logits.dtype)
     kernel = cuda_forward_kernel(logits.dtype.name, block)
-    _launch(xp, kernel, M, block, logits, targets, np.int64(ignore_index), loss, lse)
+    launch(kernel, M, block, logits, targets, np.int64(ignore_index), loss, lse)
     return loss, lse
 
 
@@ -459,9 +441,7 @@ def cuda_backward(
     scale = xp.asarray(scale, dtype=logits.dtype).reshape(1)
     out = xp.empty_like(logits) if out is None else out
     kernel = cuda_backward_kernel(logits.dtype.name, block)
-    _launch(
-        xp, kernel, logits.shape[0], block, logits, targets, np.int64(ignore_index), lse, scale, out
-    )
+    launch(kernel, logits.shape[0], block, logits, targets, np.int64(ignore_index), lse, scale, out)
     return out
 
 
