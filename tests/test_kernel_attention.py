@@ -4,8 +4,9 @@
    imported) against a float64 reference: forward output, log-sum-exp, dQ, dK, dV, on shapes
    that are not multiples of the tile, ragged lengths and a sequence with no real token.
 2. Compiled to PTX for the H100 (compute capability 9.0) for every specialization the library
-   launches: no float64 instruction, and (with ptxas) no spills, no local-memory stack, at
-   most 48 KB of static shared memory.
+   launches, with its own options (fastmath, launch bound): no float64 instruction, the
+   launch bound equal to the block size, and (with ptxas) no spills, no local-memory stack,
+   registers that fit the block, at most 48 KB of static shared memory.
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ import functools
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +25,13 @@ import pytest
 cuda = pytest.importorskip("numba.cuda")
 from numba import float32, int32  # noqa: E402
 
+from tests import ptx as ptx_tools  # noqa: E402
 from tinymlm.kernels import attention  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SIM_CASES = ("d32_tiles8", "d64_tiles8x4", "d64_production_tiles")
 QUANTITIES = ("out", "lse", "dq", "dk", "dv")
 SHARED_LIMIT = 48 * 1024
-PTXAS = shutil.which("ptxas") or (
-    "/usr/local/bin/ptxas" if os.path.exists("/usr/local/bin/ptxas") else None
-)
 
 
 @pytest.fixture(scope="module")
@@ -171,65 +168,34 @@ CASES = [
 ]
 
 
+def block_of(head_dim, name) -> int:
+    """The threads per block each kernel is launched with (attention_forward / _backward)."""
+    return attention.tiles(head_dim)["block_q"]
+
+
 @functools.cache  # both PTX tests read the same compilation
 def compile_for_h100(head_dim, name, layout):
     ((kernel, signature),) = [
         (k, sig) for n, k, sig in specializations(head_dim, layout) if n == name
     ]
-    try:
-        ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=(9, 0), fastmath=True)
-    except Exception as exc:  # no libNVVM in this environment
-        if "NVVM" in str(exc) or "nvvm" in str(exc):
-            pytest.skip(f"compile_ptx needs libNVVM: {exc}")
-        raise
-    return ptx
-
-
-def ptxas_info(ptx: str) -> str:
-    """``ptxas -v`` output for sm_90. A ptxas older than the NVVM that wrote the PTX refuses
-    the newer ``.version`` line; the kernels use nothing newer, so retry at its version."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "kernel.ptx"
-        for _ in range(2):
-            path.write_text(ptx)
-            proc = subprocess.run(
-                [PTXAS, "-v", "-arch=sm_90", "-o", os.devnull, str(path)],
-                capture_output=True,
-                text=True,
-            )
-            older = re.search(r"current version is '(\d+\.\d+)'", proc.stderr)
-            if proc.returncode == 0 or not older:
-                break
-            ptx = re.sub(r"^\.version \S+", f".version {older.group(1)}", ptx, flags=re.M)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stderr
+    return ptx_tools.compile_for(kernel, signature)
 
 
 @pytest.mark.parametrize(("head_dim", "name", "layout"), CASES)
-def test_ptx_is_float32_and_fits_shared_memory(head_dim, name, layout):
+def test_ptx_is_float32_bounded_and_fits_shared_memory(head_dim, name, layout):
     ptx = compile_for_h100(head_dim, name, layout)
     assert not re.search(r"\.f64\b", ptx), "a float64 instruction (a bare Python float literal?)"
+    assert ptx_tools.max_threads(ptx) == block_of(head_dim, name), "launch bound"
     static_shared = sum(int(n) for n in re.findall(r"\.shared \.align \d+ \.b8 \w+\[(\d+)\]", ptx))
     assert static_shared <= SHARED_LIMIT, static_shared
 
 
 @pytest.mark.parametrize(("head_dim", "name", "layout"), CASES)
-def test_ptxas_reports_no_spills(head_dim, name, layout):
-    if PTXAS is None:
-        pytest.skip("ptxas (CUDA toolkit) not found: cannot count registers and spills")
-    info = ptxas_info(compile_for_h100(head_dim, name, layout))
-    stack, stores, loads = map(
-        int,
-        re.search(
-            r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", info
-        ).groups(),
-    )
-    registers = int(re.search(r"Used (\d+) registers", info).group(1))
-    shared = re.search(r"(\d+) bytes smem", info)
+def test_ptxas_reports_no_spills_and_registers_that_fit_the_block(head_dim, name, layout):
+    report = ptx_tools.ptxas_report(compile_for_h100(head_dim, name, layout))
     print(
-        f"d={head_dim} {name} layout {layout}: {registers} registers, stack {stack} B, "
-        f"spills {stores}/{loads} B, smem {shared.group(1) if shared else 0} B"
+        f"d={head_dim} {name} layout {layout}: {report['registers']} registers, stack "
+        f"{report['stack']} B, spills {report['spill_stores']}/{report['spill_loads']} B, "
+        f"smem {report['shared']} B"
     )
-    assert (stores, loads) == (0, 0), info
-    assert stack == 0, f"per-thread arrays fell into local memory: {info}"
-    assert shared is None or int(shared.group(1)) <= SHARED_LIMIT, info
+    ptx_tools.assert_fits(report, block_of(head_dim, name), f"d={head_dim} {name} {layout}")
