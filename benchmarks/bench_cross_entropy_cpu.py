@@ -6,8 +6,8 @@ Each row times F.cross_entropy(logits, targets) and the backward of that loss Fu
 (forward + backward, d loss / d logits) with the switch on "reference" (the plain NumPy
 Function) and on "numba" (FusedCrossEntropy), in turn, on fresh copies of the same logits.
 A third column times the other fusion the design allowed: the gradient computed in the forward
-pass (one exp per logit instead of two) into a new array. The sweep over sizes gives the rule
-in ``cpu_kernel_is_faster``.
+pass (one exp per logit instead of two) into a new array. The sweep over sizes gives the
+"auto" choice for cross-entropy on the CPU in the dispatch table (``tinymlm/kernels``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import tinymlm.nn.functional as F
 from tinymlm import Tensor
 from tinymlm.fileio import atomic_write_text
 from tinymlm.kernels import use_kernels
-from tinymlm.kernels.cross_entropy import _exp  # the kernels' SIMD-friendly e^x
+from tinymlm.kernels.cpu_math import kernel_exp  # the kernels' SIMD-friendly e^x
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -41,7 +41,7 @@ def _forward_with_grad(logits, targets, scale, loss, grad):
             m = max(m, row[j])
         s = 0.0
         for j in range(V):
-            e = _exp(row[j] - m)
+            e = kernel_exp(row[j] - m)
             g[j] = e
             s += e
         t = targets[i]
@@ -101,7 +101,7 @@ def best_ms(steps, data, repeats):
     The best, not the median (as timeit advises): on a shared machine a 2 ms step loses a
     10-20 ms time slice to other processes in about half the rounds, on either side.
     Interleaving keeps a burst of load from favouring one side; each step gets a fresh copy of
-    the logits (the fused backward overwrites them), prepared by its untimed setup.
+    the logits, prepared by its untimed setup, so neither finds the other's data in cache.
     """
     times = [[] for _ in steps]
     for _ in range(repeats + 1):

@@ -49,6 +49,16 @@ class Function:
     (one gradient per positional input, ``None`` where none is needed). ``forward`` receives
     raw arrays (or whatever non-Tensor constants were passed); ``self.needs_input_grad[i]``
     says whether input ``i`` wants a gradient, so backward can skip work nobody needs.
+
+    The reuse rule. A Function never writes into an array it did not allocate itself: not its
+    inputs (their owner, or another Function that saved them, may read them again), not the
+    gradient ``g`` it is given (the engine may hand the same array to several Functions), and
+    not its output once returned (the user may hold it). It may overwrite a buffer it allocated
+    and never returned, such as a scratch array saved for backward: nothing else can read it.
+    ``FusedLinearCrossEntropy`` does so with its logits. Fused kernels follow the same rule,
+    and ``tests/test_fused_reuse.py`` checks it for every one of them: a second consumer of
+    each input and output still gets the reference path's gradients, and ``backward()``
+    leaves every tensor the user holds as it was.
     """
 
     def __init__(self):

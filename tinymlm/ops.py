@@ -175,6 +175,20 @@ class MatMul(Function):
         return ga, gb
 
 
+def linear_grads(x2, weight, g2, needs: tuple[bool, bool, bool]):
+    """The gradients of y = x Wᵀ + b for x (N, in), W (out, in), g = dL/dy (N, out):
+    dx = g W, dW = gᵀ x, db = Σ_rows g; None for each input ``needs`` marks as unwanted."""
+    gx = g2 @ weight if needs[0] else None  # (N, in)
+    gw = None
+    if needs[1]:
+        if weight.shape[0] >= weight.shape[1]:
+            gw = g2.T @ x2  # (out, in)
+        else:  # BLAS is up to 2x faster making the taller of the two transposed products
+            gw = _xp(x2).ascontiguousarray((x2.T @ g2).T)  # (out, in), C order for AdamW
+    gb = g2.sum(axis=0) if needs[2] else None  # (out,)
+    return gx, gw, gb
+
+
 # --- reductions -----------------------------------------------------------------------------------
 
 

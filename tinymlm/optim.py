@@ -82,14 +82,11 @@ class AdamW:
     def _fused_cpu_step(p, g, m, v, lr, beta1, beta2, eps, decay, step_size, correction2) -> bool:
         """The same update in one Numba pass over NumPy arrays (no temporaries); False when the
         switch or the arrays send it down the plain path above."""
-        if backend.is_cupy_array(p) or not kernels.kernel_choice(False, True):
+        fused = kernels.select("adamw", p, g, m, v)
+        if fused is None:
             return False
-        from tinymlm.kernels.cpu_fused import adamw_step, supported
-
         hyper = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=decay)
-        return supported(p, g, m, v) and adamw_step(
-            p, g, m, v, **hyper, step_size=step_size, correction2=correction2
-        )
+        return fused.impl(p, g, m, v, **hyper, step_size=step_size, correction2=correction2)
 
     # --- saving and resuming ----------------------------------------------------------------------
     def state_dict(self) -> dict:

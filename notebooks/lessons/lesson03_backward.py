@@ -13,7 +13,9 @@ operations, each saving its own intermediate arrays. tinymlm writes each of them
 memory, and a formula you can read.
 
 For each one we derive the gradient on the page, look at the `Function` in
-`tinymlm/nn/functional.py` that implements it, and check it by finite differences in float64.
+`tinymlm/nn/functional.py` that implements it, and check *that* Function by finite
+differences in float64. (tinymlm also has fused Numba kernels for some of them; the last
+section shows that they give the same numbers as the Functions printed here.)
 Notation: $g = \partial \ell / \partial y$ is the gradient arriving at the output $y$; we want
 $\partial \ell / \partial x$.
 """),
@@ -112,7 +114,7 @@ show(F.LayerNorm.backward)
 x = Tensor(rng.standard_normal((3, 8)), requires_grad=True)
 w = Tensor(rng.standard_normal(8), requires_grad=True)
 b = Tensor(rng.standard_normal(8), requires_grad=True)
-result = gradcheck(lambda x, w, b: F.layer_norm(x, 8, w, b, 1e-5), [x, w, b])
+result = gradcheck(lambda x, w, b: F.LayerNorm.apply(x, w, b, eps=1e-5), [x, w, b])
 print(result)
 assert result.ok
 
@@ -125,7 +127,7 @@ xhat = (xd - mu) * r
 ghat = g * w.data
 by_formula = r * (ghat - ghat.mean(-1, keepdims=True) - xhat * (ghat * xhat).mean(-1, keepdims=True))
 x.grad = None
-F.layer_norm(x, 8, w, b, 1e-5).backward(g)
+F.LayerNorm.apply(x, w, b, eps=1e-5).backward(g)
 np.testing.assert_allclose(x.grad, by_formula, rtol=1e-12)
 """),
     md(r"""
@@ -135,23 +137,29 @@ BERT's activation is the exact GELU, $y = x\,\Phi(x)$ with $\Phi$ the standard n
 $\Phi(x) = \tfrac12\big(1 + \operatorname{erf}(x/\sqrt2)\big)$. By the product rule, with
 $\varphi(x) = e^{-x^2/2}/\sqrt{2\pi}$ the normal density ($\Phi' = \varphi$):
 $$\frac{dy}{dx} = \Phi(x) + x\,\varphi(x).$$
-(The "tanh" GELU of GPT-2 is an approximation of $\Phi$; Hugging Face calls it `gelu_new`.
-BERT checkpoints use the exact one, so tinymlm does too.)
+(The "tanh" GELU is an approximation of $\Phi$: Google's original BERT code used it, and so
+did GPT-2; Hugging Face calls it `gelu_new`. Hugging Face's `gelu`, the activation BERT
+checkpoints' configs name, is the exact one, so tinymlm uses that, and matches it.)
 """),
     code(r"""
 show(F.GELU)
-result = gradcheck(F.gelu, [Tensor(np.linspace(-3, 3, 13), requires_grad=True)])
+result = gradcheck(F.GELU.apply, [Tensor(np.linspace(-3, 3, 13), requires_grad=True)])
 print(result)
 assert result.ok
 
 xs = Tensor(np.linspace(-4, 4, 401), requires_grad=True)
-F.gelu(xs).sum().backward()
+F.GELU.apply(xs).sum().backward()
 fig, ax = plt.subplots(figsize=(6, 3))
-ax.plot(xs.data, F.gelu(Tensor(xs.data)).data, label="GELU(x) = x Φ(x)")
+ax.plot(xs.data, F.GELU.apply(Tensor(xs.data)).data, label="GELU(x) = x Φ(x)")
 ax.plot(xs.data, xs.grad, label="d/dx = Φ(x) + x φ(x)")
 ax.plot(xs.data, np.maximum(xs.data, 0), ":", label="ReLU")
 ax.legend(); ax.grid(alpha=0.3); plt.show()
-assert xs.grad.min() < 0 < xs.grad.max()     # GELU dips below zero: its slope is negative there
+# Unlike ReLU, GELU is not monotonic: it falls to a minimum near x = -0.75, so its slope is
+# negative left of that point and positive right of it.
+lowest = xs.data[np.argmin(F.GELU.apply(Tensor(xs.data)).data)]
+print(f"GELU's minimum is at x = {lowest:.2f}")
+assert -0.8 < lowest < -0.7
+assert np.all(xs.grad[xs.data < -0.8] < 0) and np.all(xs.grad[xs.data > -0.7] > 0)
 """),
     md(r"""
 ## 5. Attention
@@ -173,16 +181,52 @@ show(F.Attention.backward)
 B, h, S, d = 2, 2, 5, 4
 q, k, v = (Tensor(rng.standard_normal((B, h, S, d)), requires_grad=True) for _ in range(3))
 mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])      # the second sequence has 2 pads
-result = gradcheck(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, mask), [q, k, v])
+scale = 1 / np.sqrt(d)
+result = gradcheck(lambda q, k, v: F.Attention.apply(q, k, v, mask, scale=scale), [q, k, v])
 print(result)
 assert result.ok
 
 # padded keys: no weight, so their keys and values get no gradient
 for t in (q, k, v):
     t.grad = None
-F.scaled_dot_product_attention(q, k, v, mask).sum().backward()
+F.Attention.apply(q, k, v, mask, scale=scale).sum().backward()
 assert np.all(k.grad[1, :, 3:] == 0) and np.all(v.grad[1, :, 3:] == 0)
 print("padded keys and values receive exactly zero gradient")
+"""),
+    md(r"""
+## 6. The fused kernels give the same numbers
+
+The Functions above are the *reference path*. For speed, tinymlm also implements layer norm,
+GELU, attention and cross-entropy as fused Numba kernels (`tinymlm/kernels/`): one pass over
+memory instead of a chain of NumPy temporaries, with the same backward formulas. Which one
+runs is chosen in one place, `tinymlm.kernels.select`, and `use_kernels("reference")` or
+`use_kernels("numba")` forces either. Same inputs, both paths, forward and every gradient:
+"""),
+    code(r"""
+from tinymlm.kernels import use_kernels
+
+def values_and_grads(fn, arrays, mode):
+    tensors = [Tensor(a.copy(), requires_grad=True) for a in arrays]
+    with use_kernels(mode):
+        out = fn(*tensors)
+    (out * out).sum().backward()
+    return type(out._ctx).__name__, [out.data] + [t.grad for t in tensors]
+
+cases = {
+    "layer norm": (lambda x, w, b: F.layer_norm(x, 8, w, b, 1e-5),
+                   [rng.standard_normal((3, 8)), rng.standard_normal(8), rng.standard_normal(8)]),
+    "GELU": (F.gelu, [rng.standard_normal((4, 6))]),
+    "attention": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, mask),
+                  [rng.standard_normal((B, h, S, d)) for _ in range(3)]),
+    "cross-entropy": (lambda x: F.cross_entropy(x, labels), [logits]),
+}
+for name, (fn, arrays) in cases.items():
+    ref_name, ref = values_and_grads(fn, arrays, "reference")
+    fused_name, fused = values_and_grads(fn, arrays, "numba")
+    worst = max(np.abs(a - b).max() / np.abs(b).max() for a, b in zip(fused, ref))
+    print(f"{name:14s} {ref_name:13s} vs {fused_name:18s} worst relative difference {worst:.1e}")
+    assert fused_name.startswith("Fused") and not ref_name.startswith("Fused")
+    assert worst < 1e-12
 """),
     md(r"""
 ## Summary
@@ -195,7 +239,8 @@ print("padded keys and values receive exactly zero gradient")
 | GELU | $g\,(\Phi(x) + x\varphi(x))$ |
 | attention | $dV = P^\top g$, $dS = P \odot (dP - \operatorname{rowsum}(dP \odot P))$, $dQ = s\,dS\,K$, $dK = s\,dS^\top Q$ |
 
-Every row of this table passed a float64 gradient check above. Next: **Lesson 4** assembles
+Every row of this table passed a float64 gradient check above, and the fused kernels agree
+with the reference Functions to float64 rounding. Next: **Lesson 4** assembles
 these pieces into BERT's encoder and compares it with a real pretrained model.
 """),
 ]

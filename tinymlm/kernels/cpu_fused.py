@@ -32,14 +32,7 @@ import numpy as np
 from numba import njit, prange
 
 from tinymlm.autograd import Function
-from tinymlm.kernels.cross_entropy import _exp  # e^x: SIMD-friendly for float32, libm for float64
-
-# Loops over fewer elements than this run in the calling thread. On a machine whose cores are
-# busy with other work, a threaded loop waits for its slowest thread to be scheduled: at a load
-# average of 9 on 2 cores, layer norm over 4096 x 256 took 30 ms threaded and 1.2 ms serial,
-# GELU over 4096 x 1024 113 ms and 90 ms. Attention (B·h·S·S·d ~ 3e8 multiply-adds) is
-# threaded: its heads are large, independent pieces of work.
-PARALLEL_MIN_ELEMENTS = 1 << 23
+from tinymlm.kernels.cpu_math import PARALLEL_MIN_ELEMENTS, kernel_exp
 
 
 def _compile(fn):
@@ -91,7 +84,7 @@ def _attention_forward(q, k, v, key_penalty, keep, keep_scale, scale, p, out):
                 m = max(m, prow[j])
             total = prow[0] - prow[0]  # a zero of the arrays' dtype
             for j in range(S):
-                e = _exp(prow[j] - m)
+                e = kernel_exp(prow[j] - m)
                 prow[j] = e
                 total += e
             for j in range(S):
@@ -298,7 +291,7 @@ def _gelu_forward(x, half, one, inv_sqrt2, y, cdf):
 def _gelu_backward(g, x, cdf, half, inv_sqrt_2pi, gx):
     for i in prange(x.size):
         xi = x[i]
-        pdf = _exp(-half * xi * xi) * inv_sqrt_2pi  # φ(x)
+        pdf = kernel_exp(-half * xi * xi) * inv_sqrt_2pi  # φ(x)
         gx[i] = g[i] * (cdf[i] + xi * pdf)
 
 

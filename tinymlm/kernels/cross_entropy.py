@@ -23,12 +23,12 @@ walks them several times. Here the logits are streamed:
 * forward, one read of each row: the maximum m and the sum s of e^{x - m} (on the GPU an
   *online softmax*: a running maximum, and when a new maximum m' arrives the sum so far is
   rescaled by e^{m - m'}); only L_i and the per-row losses (M floats each) are written;
-* backward, one read and one write of each row: e^{x - L} - onehot, times g/N, written **over
-  the logits**. The logits buffer becomes the gradient (see :class:`FusedCrossEntropy`).
+* backward, one read and one write of each row: e^{x - L} - onehot, times g/N, written into
+  the gradient buffer, which may be the logits themselves when nothing else can read them
+  (:class:`FusedLinearCrossEntropy`).
 
-No M x V array is allocated (except a gradient buffer when the logits must be kept, see
-:class:`FusedCrossEntropy`), so the rows need no splitting into chunks: any M whose logits fit
-in memory fits here.
+No M x V temporary is allocated besides the gradient, so the rows need no splitting into
+chunks: any M whose logits fit in memory fits here.
 
 GPU (:func:`cuda_forward_kernel`, :func:`cuda_backward_kernel`): one block per row. Each
 thread folds its strided slice of the row into its own (m, s), ``ILP`` loads in flight at a
@@ -40,9 +40,9 @@ in L2. Variants and timings: ``kernels/cross_entropy.py`` (the lab).
 CPU (:func:`cpu_forward`, :func:`cpu_backward`): the same passes with ``numba.njit``; the row
 (120 KB at V = 30522) stays in cache between the max and the sum sweeps. Rows are spread over
 threads (``prange``) when the call is large enough to pay for it; e^x is computed in plain
-float32 arithmetic the compiler vectorises (see ``_exp_f32``). Whether this beats the NumPy
-path is measured by ``benchmarks/bench_cross_entropy_cpu.py``; :func:`cpu_kernel_is_faster`
-encodes the verdict.
+float32 arithmetic the compiler vectorises (``cpu_math.kernel_exp``). That this beats the
+NumPy path at every size is measured by ``benchmarks/bench_cross_entropy_cpu.py``; the
+dispatch table in ``tinymlm.kernels`` records it.
 """
 
 from __future__ import annotations
@@ -53,12 +53,12 @@ from functools import cache
 
 import numba
 import numpy as np
-from llvmlite import ir
 from numba import config as numba_config
-from numba import cuda, njit, prange, types
-from numba.extending import intrinsic, overload
+from numba import cuda, njit, prange
 
+from tinymlm import backend, ops
 from tinymlm.autograd import Function
+from tinymlm.kernels.cpu_math import PARALLEL_MIN_ELEMENTS, kernel_exp
 from tinymlm.kernels.launch import array_module, cuda_kernel, launch
 
 WARP = 32
@@ -67,65 +67,9 @@ ILP = 4  # loads each thread keeps in flight on the GPU
 USE_SHUFFLES = not numba_config.ENABLE_CUDASIM  # the simulator has no warp shuffles
 
 
-def cpu_kernel_is_faster(M: int, V: int) -> bool:
-    """The measured verdict: does the Numba CPU kernel beat the NumPy reference path here?
-
-    Yes at every size measured (benchmarks/results/cross_entropy_cpu.md, M x V from 100 to
-    18M, forward + backward): 2x where Python overhead dominates (two kernel calls instead of
-    a dozen array operations), 2.3-2.5x while a few rows of a 30k vocabulary stay in cache,
-    4-10x once the reference path's M x V temporaries no longer do. So: always.
-    """
-    return True
-
-
 # ---------------------------------------------------------------------------------------------
 # CPU: numba.njit, parallel over rows. Compiled on first call, then cached on disk.
 # ---------------------------------------------------------------------------------------------
-
-
-# NumPy's exp is vectorised (SIMD); the math.exp a Numba loop calls is not: one libm call per
-# element, three quarters of the kernel's time when it was used here. So the float32 kernel
-# computes e^x itself, in plain arithmetic the compiler turns into SIMD code:
-#     e^x = 2^y, y = x log2(e) = k + f with k = round(y), |f| <= 1/2,
-#     2^f = e^{f ln 2} by its Taylor series to degree 7 (relative error below 1e-8 on |f| <= 1/2),
-#     2^k by writing k + 127 into the exponent bits of a float32.
-# Valid for x <= 88 (the kernels only call it on x - max <= 0); e^x = 0 below 2^-126.
-
-_LOG2E = np.float32(math.log2(math.e))
-_TAYLOR = tuple(np.float32(math.log(2.0) ** n / math.factorial(n)) for n in range(8))
-
-
-@intrinsic
-def _int32_bits_as_float32(typingctx, bits):
-    """Reinterpret an int32's bits as a float32 (C's union trick), one LLVM bitcast."""
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
-
-    return types.float32(types.int32), codegen
-
-
-@njit(fastmath=True)
-def _exp_f32(x):
-    y = max(x * _LOG2E, np.float32(-127.0))  # (-inf and underflow land on the 0 branch below)
-    k = np.floor(y + np.float32(0.5))  # np.floor keeps float32 (math.floor gives an int64)
-    f = y - k
-    c0, c1, c2, c3, c4, c5, c6, c7 = _TAYLOR
-    p = ((((((c7 * f + c6) * f + c5) * f + c4) * f + c3) * f + c2) * f + c1) * f + c0
-    two_k = _int32_bits_as_float32((np.int32(k) + np.int32(127)) << np.int32(23))
-    return p * two_k if y > np.float32(-126.0) else np.float32(0.0)
-
-
-def _exp(x):
-    """e^x inside the CPU kernels: the SIMD-friendly one for float32, libm's for float64."""
-    return math.exp(x)
-
-
-@overload(_exp)
-def _exp_typed(x):
-    if x == types.float32:
-        return lambda x: _exp_f32(x)
-    return lambda x: math.exp(x)
 
 
 @njit(fastmath=True)
@@ -157,9 +101,9 @@ def _forward_rows(logits, targets, ignore_index, loss, lse):
     for i in prange(M):
         row = logits[i]  # (V,)
         m = _row_max(row)
-        s = _exp(row[0] - m)  # the logits' dtype; fastmath lets the sum run in SIMD lanes
+        s = kernel_exp(row[0] - m)  # the logits' dtype; fastmath lets the sum run in SIMD lanes
         for j in range(1, V):
-            s += _exp(row[j] - m)
+            s += kernel_exp(row[j] - m)
         lse[i] = m + math.log(s)
         t = targets[i]
         loss[i] = 0.0 if t == ignore_index else lse[i] - row[t]
@@ -178,7 +122,7 @@ def _backward_rows_in_place(grad, targets, ignore_index, lse, scale):
         row = grad[i]  # (V,) the logits on entry, the gradient on exit
         c = lse[i]
         for j in range(V):
-            row[j] = _exp(row[j] - c) * scale
+            row[j] = kernel_exp(row[j] - c) * scale
         row[t] -= scale
 
 
@@ -193,18 +137,12 @@ def _compile(fn, parallel: bool):
     return njit(parallel=parallel, fastmath=True, cache=True)(fn)
 
 
-# Calls below this many logits run in the calling thread. Waking the thread pool costs little on
-# an idle machine but, when other processes keep the cores busy, a parallel loop waits for its
-# slowest thread to be scheduled: 50x slower than one thread at M x V = 500k (measured with
-# benchmarks/bench_cross_entropy_cpu.py at a load average of 12). Above ~4M logits the work
-# amortises that risk.
-_PARALLEL_MIN_ELEMENTS = 1 << 22
 _cpu_forward = {p: _compile(_forward_rows, p) for p in (False, True)}
 _cpu_backward_in_place = {p: _compile(_backward_rows_in_place, p) for p in (False, True)}
 
 
 def _threaded(logits) -> bool:
-    return logits.size >= _PARALLEL_MIN_ELEMENTS
+    return logits.size >= PARALLEL_MIN_ELEMENTS
 
 
 def _check(logits, targets, ignore_index: int):
@@ -450,35 +388,53 @@ def cuda_backward(
 # ---------------------------------------------------------------------------------------------
 
 
+# Under the CUDA simulator, tests set this to run the Functions' GPU branch on NumPy arrays.
+SIMULATED_GPU = False
+
+
+def _on_gpu(a) -> bool:
+    return SIMULATED_GPU or not isinstance(a, np.ndarray)
+
+
+def rows_forward(logits, targets, ignore_index: int):
+    """Per-row losses (M,), log-sum-exps (M,) and the count N of predicted rows (at least 1,
+    so that a batch with none gives 0 / 1 = 0), on the kernels of the logits' device."""
+    if _on_gpu(logits):
+        xp = _device_module(logits)
+        loss, lse = cuda_forward(logits, targets, ignore_index)
+    else:
+        xp = np
+        loss, lse = cpu_forward(logits, targets, ignore_index)
+    count = xp.maximum((xp.asarray(targets) != ignore_index).sum(), 1)  # stays on the device
+    return loss, lse, count
+
+
+def rows_backward(logits, targets, lse, count, grad, ignore_index: int, out=None):
+    """d(mean loss)/d logits = (e^{x - L} - onehot) * grad / N into ``out`` (None: a new array;
+    it may be ``logits`` itself)."""
+    if _on_gpu(logits):
+        scale = grad.astype(logits.dtype) / count.astype(logits.dtype)  # no read-back to the host
+        return cuda_backward(logits, targets, lse, scale, ignore_index, out=out)
+    scale = float(grad) / float(count)
+    return cpu_backward(logits, targets, lse, scale, ignore_index, out=out)
+
+
 class FusedCrossEntropy(Function):
-    """Mean cross-entropy over the rows whose target != ignore_index, on the fused kernels.
+    """``tinymlm.nn.functional.CrossEntropy`` on the fused kernels: the mean cross-entropy over
+    the rows whose target != ignore_index.
 
     ``FusedCrossEntropy.apply(logits (M, V), targets (M,), ignore_index=-100)`` -> 0-d Tensor.
-    NumPy logits run the Numba CPU kernel, CuPy logits the CUDA kernel.
-
-    In place: when the logits were made by ``F.linear(..., reusable_output=True)`` (the MLM
-    head's promise that nothing else reads them) and own their buffer, ``backward`` writes the
-    gradient over the logits and passes that buffer on, so the loss needs no M x V memory.
-    Read ``out.logits`` before ``loss.backward()``. Otherwise the gradient goes to a new
-    array and the logits are left as they were.
+    NumPy logits run the Numba CPU kernel, CuPy logits the CUDA kernel. The logits belong to
+    whoever made them, so the gradient goes to a new array and the logits stay as they were.
 
     Targets outside [0, V) (other than ignore_index) raise a ValueError on the CPU; on the GPU
     they give a NaN loss instead (checking them would wait for the device).
     """
 
     def forward(self, logits, targets, *, ignore_index: int = -100):
-        on_gpu = not isinstance(logits, np.ndarray)
-        xp = _device_module(logits) if on_gpu else np
-        targets = xp.asarray(targets)
-        contiguous = xp.ascontiguousarray(logits)
-        # Our own copy, or an array that owns its memory (a view would write through to its base).
-        self.owns_buffer = contiguous is not logits or logits.base is None
-        logits = contiguous
-        if on_gpu:
-            loss, lse = cuda_forward(logits, targets, ignore_index)
-        else:
-            loss, lse = cpu_forward(logits, targets, ignore_index)
-        count = xp.maximum((targets != ignore_index).sum(), 1)  # N, or 1 when no row counts
+        xp = backend.get_array_module(logits)
+        logits, targets = xp.ascontiguousarray(logits), xp.asarray(targets)
+        loss, lse, count = rows_forward(logits, targets, ignore_index)
         self.save_for_backward(logits, targets, lse, count)
         self.ignore_index = ignore_index
         return xp.asarray(loss.sum() / count, dtype=logits.dtype)  # 0-d
@@ -487,17 +443,47 @@ class FusedCrossEntropy(Function):
         if not self.needs_input_grad[0]:
             return None, None
         logits, targets, lse, count = self.saved_tensors
-        # Overwrite the logits only where their maker promised nothing else reads them
-        # (F.linear(..., reusable_output=True), the MLM head): another Function may have saved
-        # any other array for its own backward.
-        parent = self.inputs[0] if self.inputs else None
-        maker = getattr(parent, "_ctx", None)
-        reusable = getattr(maker, "reusable_output", False)
-        out = logits if self.owns_buffer and reusable else None  # None: a new array
-        if isinstance(logits, np.ndarray):
-            scale = float(grad) / float(count)
-            g = cpu_backward(logits, targets, lse, scale, self.ignore_index, out=out)
-        else:
-            scale = grad.astype(logits.dtype) / count.astype(logits.dtype)  # stays on the device
-            g = cuda_backward(logits, targets, lse, scale, self.ignore_index, out=out)
-        return g, None
+        return rows_backward(logits, targets, lse, count, grad, self.ignore_index), None
+
+
+class FusedLinearCrossEntropy(Function):
+    """cross_entropy(x Wᵀ + b, targets): an output layer and its loss as one Function.
+
+    ``apply(x (M, H), weight (V, H), bias (V,) or None, targets (M,), ignore_index=-100)``
+    -> 0-d Tensor, the reference path's numbers (``F.linear`` then ``F.cross_entropy``).
+
+    The reuse rule (see ``tinymlm.autograd.Function``): the (M, V) logits are made here, in a
+    buffer this Function allocates and never returns, so nothing else can read it. Backward
+    therefore writes G = d loss/d logits over it, row by row, and uses G for the layer's
+    gradients: dx = G W, dW = Gᵀ x, db = Σ_rows G. The MLM head's loss needs no M x V
+    gradient buffer of its own. Whoever also wants the logits asks ``F.linear`` for them.
+    A second backward through the same graph (``retain_graph=True``) recomputes the logits.
+    """
+
+    def forward(self, x, weight, bias, targets, *, ignore_index: int = -100):
+        xp = backend.get_array_module(x)
+        targets = xp.asarray(targets)
+        logits = self.logits(x, weight, bias)  # (M, V): ours alone
+        loss, lse, count = rows_forward(logits, targets, ignore_index)
+        self.save_for_backward(x, weight, bias, logits, targets, lse, count)
+        self.ignore_index = ignore_index
+        return xp.asarray(loss.sum() / count, dtype=logits.dtype)  # 0-d
+
+    @staticmethod
+    def logits(x, weight, bias):
+        logits = x @ weight.T  # (M, V)
+        if bias is not None:
+            logits += bias
+        return logits
+
+    def backward(self, grad):
+        x, weight, bias, logits, targets, lse, count = self.saved_tensors
+        needs = self.needs_input_grad[:3]  # x, weight, bias
+        if not any(needs):
+            return None, None, None, None
+        if logits is None:  # spent by an earlier backward
+            logits = self.logits(x, weight, bias)
+        g = rows_backward(logits, targets, lse, count, grad, self.ignore_index, out=logits)
+        self.saved_tensors = (x, weight, bias, None, targets, lse, count)  # logits now hold g
+        gx, gw, gb = ops.linear_grads(x, weight, g, needs)  # (M, H), (V, H), (V,)
+        return gx, gw, gb, None

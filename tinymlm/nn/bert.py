@@ -229,7 +229,8 @@ class BaseModelOutput:
 @dataclass
 class MaskedLMOutput:
     loss: Tensor | None  # 0-d, labels given
-    logits: Tensor  # (M, V) with labels and sparse prediction; (B, S, V) otherwise
+    logits: Tensor | None  # (M, V) with labels and sparse prediction; (B, S, V) otherwise;
+    # None when the caller asked for the loss alone (return_logits=False)
 
 
 _initialize = True  # False while building a model only to load weights into it
@@ -338,12 +339,12 @@ class BertLMPredictionHead(Module):
         self._decoder_weight = word_embeddings  # tied: not registered again (plain attribute)
 
     def forward(self, x):
-        # The logits go only to the loss (or back to the caller), so the fused cross-entropy may
-        # write its gradient over them instead of copying M x V floats (read them before
-        # backward()).
-        return F.linear(
-            self.transform(x), self._decoder_weight, self.bias, reusable_output=True
-        )  # (..., V)
+        return F.linear(self.transform(x), self._decoder_weight, self.bias)  # (..., V)
+
+    def loss(self, x, targets):
+        """Mean cross-entropy of the head's logits for x (M, H) against targets (M,), without
+        handing the logits out: the fused path may then reuse their buffer for the gradient."""
+        return F.linear_cross_entropy(self.transform(x), self._decoder_weight, self.bias, targets)
 
 
 class BertOnlyMLMHead(Module):
@@ -370,7 +371,11 @@ class BertForMaskedLM(BertPreTrainedModel):
         self.cls = BertOnlyMLMHead(config, self.bert.embeddings.word_embeddings.weight)
         self.init_weights()
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None):
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
+                return_logits=True):
+        """``return_logits=False`` (with labels): only the loss, and ``logits`` is None. The
+        logits then never leave the loss, which may reuse their memory for their gradient
+        (the trainer's choice); with True they are the user's, and nothing writes into them."""
         hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state
         head = self.cls.predictions
         if labels is None:
@@ -380,15 +385,16 @@ class BertForMaskedLM(BertPreTrainedModel):
         if self.sparse_prediction:
             # Find the M predicted positions where the labels live (the host, when the collator
             # made them) and copy only those: on the GPU, flatnonzero would wait for the device.
-            flat = raw(labels)
-            flat = flat.reshape(-1)  # (B·S,)
+            flat = raw(labels).reshape(-1)  # (B·S,)
             predicted = backend.get_array_module(flat).flatnonzero(flat != -100)  # (M,)
-            targets = backend.asarray_on(raw(flat[predicted]), hidden.data, np.int64)  # (M,)
-            predicted = backend.asarray_on(raw(predicted), hidden.data, np.int64)
-            logits = head(ops.getitem(rows, predicted))  # (M, V)
-            loss = F.cross_entropy(logits, targets)
-            return MaskedLMOutput(loss=loss, logits=logits)
-        labels = backend.asarray_on(raw(labels), hidden.data, np.int64).reshape(-1)  # (B·S,)
-        logits = head(rows)  # (B·S, V)
-        loss = F.cross_entropy(logits, labels)
-        return MaskedLMOutput(loss=loss, logits=logits.reshape(B, S, -1))
+            targets = backend.asarray_on(flat[predicted], hidden.data, np.int64)  # (M,)
+            rows = ops.getitem(rows, backend.asarray_on(predicted, hidden.data, np.int64))
+        else:
+            targets = backend.asarray_on(raw(labels), hidden.data, np.int64).reshape(-1)  # (B·S,)
+        if not return_logits:
+            return MaskedLMOutput(loss=head.loss(rows, targets), logits=None)
+        logits = head(rows)  # (M, V), or (B·S, V) without sparse prediction
+        loss = F.cross_entropy(logits, targets)
+        if not self.sparse_prediction:
+            logits = logits.reshape(B, S, -1)  # (B, S, V)
+        return MaskedLMOutput(loss=loss, logits=logits)

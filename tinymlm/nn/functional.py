@@ -2,10 +2,9 @@
 
 Arguments follow ``torch.nn.functional``'s positional order. Each Function's docstring carries
 its derivation; ``g`` is the gradient of the loss with respect to the Function's output.
-Where a fused Numba kernel exists (CUDA: cross-entropy, attention; CPU: cross-entropy,
-attention, layer norm, GELU, the embedding gradient, in ``tinymlm.kernels``), the functions here
-choose between it and the reference Function below through ``tinymlm.kernels.kernel_choice``;
-the two are held together by tests.
+The Functions here are the reference path. Where a fused Numba kernel implements the same
+Function (``tinymlm.kernels``), ``tinymlm.kernels.select`` says which one runs: each function
+below asks it once per call, and tests hold the two implementations together.
 """
 
 from __future__ import annotations
@@ -15,29 +14,9 @@ import math
 import numpy as np
 
 from tinymlm import backend, kernels, ops
-from tinymlm.autograd import Function, Tensor
+from tinymlm.autograd import Function, Tensor, raw
 
-
-def _xp(*arrays):
-    return backend.get_array_module(*arrays)
-
-
-def _raw(a):
-    return a.data if isinstance(a, Tensor) else a
-
-
-def _cpu_kernels(*arrays, faster: bool = True):
-    """``tinymlm.kernels.cpu_fused`` when the switch picks the fused CPU kernels for these arrays.
-
-    None for CuPy arrays, for dtypes the kernels don't take, and in "reference" mode; the
-    reference Functions below then run. ``faster``: whether the kernel was measured to beat
-    the reference path on the CPU (what "auto" mode goes by).
-    """
-    if backend.is_cupy_array(arrays[0]) or not kernels.kernel_choice(False, faster):
-        return None
-    from tinymlm.kernels import cpu_fused
-
-    return cpu_fused if cpu_fused.supported(*arrays) else None
+_xp = backend.get_array_module
 
 
 # --- linear -------------------------------------------------------------------------------------
@@ -49,40 +28,26 @@ class Linear(Function):
     With x flattened to X (N, in) and g to G (N, out): dX = G W, dW = Gᵀ X, db = Σ_rows G.
     """
 
-    def forward(self, x, weight, bias=None, reusable_output=False):
+    def forward(self, x, weight, bias=None):
         self.save_for_backward(x, weight)
         # Flattened to 2-D: one BLAS call (NumPy's stacked 3-D @ 2-D is several times slower).
         y = x.reshape(-1, x.shape[-1]) @ weight.T  # (N, out)
         if bias is not None:
             y += bias
-        # y itself, not a view: the fused cross-entropy that consumes it may then write its
-        # gradient over it (an MLM head's logits). The loss reads this flag off the Function.
-        self.reusable_output = reusable_output and x.ndim == 2
-        if self.reusable_output:
-            return y
         return y.reshape(*x.shape[:-1], weight.shape[0])  # (..., out)
 
     def backward(self, g):
         x, weight = self.saved_tensors
-        g2 = g.reshape(-1, g.shape[-1])  # (N, out)
-        gx = (g2 @ weight).reshape(x.shape) if self.needs_input_grad[0] else None  # (..., in)
-        gw = None
-        if self.needs_input_grad[1]:
-            x2 = x.reshape(-1, x.shape[-1])  # (N, in)
-            if weight.shape[0] >= weight.shape[1]:
-                gw = g2.T @ x2  # (out, in)
-            else:  # BLAS is up to 2x faster making the taller of the two transposed products
-                gw = _xp(x2).ascontiguousarray((x2.T @ g2).T)  # (out, in), C order for AdamW
-        gb = g2.sum(axis=0) if len(self.needs_input_grad) > 2 and self.needs_input_grad[2] else None
-        return gx, gw, gb
+        needs = (*self.needs_input_grad, False)[:3]  # no bias: no bias gradient
+        x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])  # (N, in), (N, out)
+        gx, gw, gb = ops.linear_grads(x2, weight, g2, needs)
+        return (None if gx is None else gx.reshape(x.shape)), gw, gb
 
 
-def linear(x, weight, bias=None, reusable_output=False):
-    """``reusable_output=True``: the caller promises the output goes only to a loss, which may
-    then overwrite its buffer during backward (no (M, V) copy); nothing else may read it then."""
+def linear(x, weight, bias=None):
     if bias is None:
-        return Linear.apply(x, weight, reusable_output=reusable_output)
-    return Linear.apply(x, weight, bias, reusable_output=reusable_output)
+        return Linear.apply(x, weight)
+    return Linear.apply(x, weight, bias)
 
 
 # --- softmax and log-softmax --------------------------------------------------------------------
@@ -152,8 +117,8 @@ class GELU(Function):
 
 
 def gelu(x):
-    fused = _cpu_kernels(_raw(x))
-    return (fused.FusedGELU if fused else GELU).apply(x)
+    fused = kernels.select("gelu", raw(x))
+    return (fused.impl if fused else GELU).apply(x)
 
 
 # --- layer norm ---------------------------------------------------------------------------------
@@ -205,14 +170,14 @@ class LayerNorm(Function):
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     if isinstance(normalized_shape, int):
         normalized_shape = (normalized_shape,)
-    if tuple(_raw(x).shape[-len(normalized_shape) :]) != tuple(normalized_shape):
+    if tuple(raw(x).shape[-len(normalized_shape) :]) != tuple(normalized_shape):
         raise ValueError(
-            f"layer_norm: the last axes of x {tuple(_raw(x).shape)} must be {normalized_shape}"
+            f"layer_norm: the last axes of x {tuple(raw(x).shape)} must be {normalized_shape}"
         )
     if len(normalized_shape) == 1 and weight is not None and bias is not None:
-        fused = _cpu_kernels(_raw(x), _raw(weight), _raw(bias))
+        fused = kernels.select("layer_norm", raw(x), raw(weight), raw(bias))
         if fused:
-            return fused.FusedLayerNorm.apply(x, weight, bias, eps=eps)
+            return fused.impl.apply(x, weight, bias, eps=eps)
     return LayerNorm.apply(x, weight, bias, n_axes=len(normalized_shape), eps=eps)
 
 
@@ -242,7 +207,7 @@ def dropout(x, p=0.5, training=True, generator=None):
     if not training or p == 0.0:
         return x if isinstance(x, Tensor) else Tensor(x)
     if generator is None:
-        generator = backend.default_generator(backend.device_of(_raw(x)))
+        generator = backend.default_generator(backend.device_of(raw(x)))
     return Dropout.apply(x, p=p, generator=generator)
 
 
@@ -258,10 +223,9 @@ class Embedding(Function):
         return weight[ids]  # (..., H)
 
     def backward(self, g):
-        if _cpu_kernels(g):  # one loop over rows instead of np.add.at's element-wise path
-            from tinymlm.kernels.cpu_fused import embedding_backward
-
-            gw = embedding_backward(self.ids, g, self.shape[0])
+        fused = kernels.select("embedding_backward", g)
+        if fused:  # one loop over rows instead of np.add.at's element-wise path
+            gw = fused.impl(self.ids, g, self.shape[0])  # (V, H)
         else:
             gw = _xp(g).zeros(self.shape, dtype=g.dtype)  # (V, H)
             backend.scatter_add(gw, self.ids.reshape(-1), g.reshape(-1, self.shape[1]))
@@ -271,9 +235,9 @@ class Embedding(Function):
 
 
 def embedding(ids, weight, padding_idx=None):
-    ids = _raw(ids)
+    ids = raw(ids)
     if not hasattr(ids, "reshape"):  # a list of ids
-        ids = _xp(_raw(weight)).asarray(ids)
+        ids = _xp(raw(weight)).asarray(ids)
     return Embedding.apply(weight, ids, padding_idx=padding_idx)
 
 
@@ -323,25 +287,37 @@ def _check_targets(target, num_classes: int, ignore_index: int) -> None:
 
 def cross_entropy(logits, target, ignore_index=-100):
     """Mean cross-entropy of (N, C) logits against (N,) integer targets (PyTorch's semantics)."""
-    target = _raw(target)
-    raw_logits = _raw(logits)
+    target, raw_logits = raw(target), raw(logits)
     if raw_logits.ndim != 2 or target.shape != raw_logits.shape[:1]:
         raise ValueError(
             f"cross_entropy wants logits (N, C) and target (N,), got {raw_logits.shape} "
             f"and {target.shape}"
         )
     _check_targets(target, raw_logits.shape[1], ignore_index)
-    on_gpu = backend.is_cupy_array(raw_logits)
-    if kernels.kernels_mode() != "reference":
-        try:
-            from tinymlm.kernels.cross_entropy import FusedCrossEntropy, cpu_kernel_is_faster
-        except ImportError:  # the kernel module is optional: the reference path always works
-            FusedCrossEntropy = None
-        if FusedCrossEntropy is not None and kernels.kernel_choice(
-            on_gpu, cpu_kernel_is_faster(*raw_logits.shape)
-        ):
-            return FusedCrossEntropy.apply(logits, target, ignore_index=ignore_index)
-    return CrossEntropy.apply(logits, target, ignore_index=ignore_index)
+    fused = kernels.select("cross_entropy", raw_logits)
+    return (fused.impl if fused else CrossEntropy).apply(logits, target, ignore_index=ignore_index)
+
+
+def linear_cross_entropy(x, weight, bias, target, ignore_index=-100):
+    """``cross_entropy(linear(x, weight, bias), target)``: an output layer and its loss.
+
+    x (N, in), weight (C, in), bias (C,) or None, target (N,). The fused implementation keeps
+    the (N, C) logits to itself and overwrites them with their gradient during backward, so the
+    loss needs no second N x C buffer; the reference path is the two Functions above. Use it
+    when nobody needs the logits themselves (a training step); ask ``linear`` for them otherwise.
+    """
+    target, raw_x, raw_w = raw(target), raw(x), raw(weight)
+    if raw_x.ndim != 2 or target.shape != raw_x.shape[:1]:
+        raise ValueError(
+            f"linear_cross_entropy wants x (N, in) and target (N,), got {raw_x.shape} "
+            f"and {target.shape}"
+        )
+    _check_targets(target, raw_w.shape[0], ignore_index)
+    arrays = (raw_x, raw_w) if bias is None else (raw_x, raw_w, raw(bias))
+    fused = kernels.select("linear_cross_entropy", *arrays)
+    if fused is None:
+        return cross_entropy(linear(x, weight, bias), target, ignore_index=ignore_index)
+    return fused.impl.apply(x, weight, bias, target, ignore_index=ignore_index)
 
 
 # --- attention ----------------------------------------------------------------------------------
@@ -396,29 +372,25 @@ def scaled_dot_product_attention(
     attention_mask: 1 = real token, 0 = padding (Hugging Face's sense). Padded keys get weight
     exactly 0; query rows at padded positions are computed like any other.
     """
-    raw_q = _raw(q)
+    raw_q = raw(q)
     if scale is None:
         scale = 1.0 / math.sqrt(raw_q.shape[-1])
-    mask = _raw(attention_mask)
+    mask = raw(attention_mask)
     if not training:
         dropout_p = 0.0
     if dropout_p > 0.0 and generator is None:
         generator = backend.default_generator(backend.device_of(raw_q))
-    on_gpu = backend.is_cupy_array(raw_q)
-    if dropout_p == 0.0 and on_gpu and kernels.kernel_choice(on_gpu, False):
-        from tinymlm.kernels.attention import fused_attention_or_none
-
-        # "auto" takes the fused kernel only where it measured faster for this shape
-        out = fused_attention_or_none(q, k, v, mask, scale,
-                                      only_if_faster=kernels.kernels_mode() == "auto")
+    op = "attention" if dropout_p == 0.0 else "attention_dropout"
+    fused = kernels.select(op, raw_q, raw(k), raw(v))
+    if fused and backend.is_cupy_array(raw_q):
+        # None where the kernel can't take these inputs, or (auto) measured slower for the shape
+        out = fused.impl(q, k, v, mask, scale, only_if_faster=fused.only_if_faster)
         if out is not None:
             return out
-    if not on_gpu:
-        fused = _cpu_kernels(raw_q, _raw(k), _raw(v))
-        if fused:
-            return fused.FusedAttention.apply(
-                q, k, v, mask, scale=scale, dropout_p=dropout_p, generator=generator
-            )
+    elif fused:
+        return fused.impl.apply(
+            q, k, v, mask, scale=scale, dropout_p=dropout_p, generator=generator
+        )
     return Attention.apply(
         q, k, v, mask, scale=scale, dropout_p=dropout_p, generator=generator
     )
@@ -431,6 +403,7 @@ __all__ = [
     "gelu",
     "layer_norm",
     "linear",
+    "linear_cross_entropy",
     "log_softmax",
     "ops",
     "scaled_dot_product_attention",

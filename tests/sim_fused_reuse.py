@@ -1,0 +1,71 @@
+"""The reuse property (``tests/reuse_property.py``) for the CUDA kernels, under the simulator.
+
+Run by ``tests/test_fused_reuse.py`` in its own process: NUMBA_ENABLE_CUDASIM=1 must be set
+before Numba is imported. The cross-entropy Functions take their GPU branch on NumPy arrays
+(``SIMULATED_GPU``); attention runs the CUDA ``FusedAttention`` through the same entry point
+``F.scaled_dot_product_attention`` uses on the GPU. That kernel takes float32 only, so its
+check is in float32 (relative error 2e-5); the rest in float64 (1e-12). Exits non-zero,
+naming each problem.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
+    sys.exit("run with NUMBA_ENABLE_CUDASIM=1 (the tests do this for you)")
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+from reuse_property import problems  # noqa: E402
+
+from tinymlm.kernels import attention, use_kernels  # noqa: E402
+from tinymlm.kernels import cross_entropy as ce  # noqa: E402
+from tinymlm.nn import functional as F  # noqa: E402
+
+TARGETS = np.array([3, -100, 0, 6, -100, 2])
+MASK = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])  # right padding, ragged
+
+
+def reference(fn):
+    def run(*xs):
+        with use_kernels("reference"):
+            return fn(*xs)
+
+    return run
+
+
+def main() -> int:
+    ce.SIMULATED_GPU = True
+    rng = np.random.default_rng(0)
+    scale = 0.5
+    cases = [
+        ("cross_entropy", lambda x: ce.FusedCrossEntropy.apply(x, TARGETS),
+         lambda x: F.cross_entropy(x, TARGETS), [(6, 9)], "FusedCrossEntropy", np.float64),
+        ("linear_cross_entropy", lambda x, w, b: ce.FusedLinearCrossEntropy.apply(x, w, b, TARGETS),
+         lambda x, w, b: F.linear_cross_entropy(x, w, b, TARGETS), [(6, 5), (9, 5), (9,)],
+         "FusedLinearCrossEntropy", np.float64),
+        ("attention", lambda q, k, v: attention.fused_attention_or_none(q, k, v, MASK, scale),
+         lambda q, k, v: F.scaled_dot_product_attention(q, k, v, MASK, scale=scale),
+         [(2, 2, 5, 4)] * 3, "FusedAttention", np.float32),
+        ("attention_no_mask",
+         lambda q, k, v: attention.fused_attention_or_none(q, k, v, None, scale),
+         lambda q, k, v: F.scaled_dot_product_attention(q, k, v, None, scale=scale),
+         [(1, 1, 3, 4)] * 3, "FusedAttention", np.float32),
+    ]
+    failed = 0
+    for name, fused, ref, shapes, fused_type, dtype in cases:
+        arrays = [rng.standard_normal(shape).astype(dtype) for shape in shapes]
+        rtol = 1e-12 if dtype == np.float64 else 2e-5
+        found = problems(fused, reference(ref), arrays, fused_type, rtol)
+        for problem in found:
+            print(f"{name}: {problem}")
+        failed += bool(found)
+    print(f"checked {len(cases)} fused CUDA paths, {failed} with problems")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
