@@ -19,6 +19,13 @@ Forward variants (each one line on why it exists):
   v5  v3 with 32 rows per block: more blocks in flight when B * H * S / 64 is small.
 Backward: the library's three kernels (D = rowsum(dO * O); dK/dV per key block; dQ per query
 block; no atomics) at the same tile choices as v3 to v5.
+
+Validation (before any timing) compares every variant with the float64 reference on ragged
+lengths, a sequence with no real token, a length that is no multiple of any tile and a few
+large keys per row, with outputs poisoned with NaN first; it reports every mismatch, not only
+the first. ``tests/test_lab.py`` runs it under the simulator. Kernels are made with
+``tinymlm.kernels.launch.cuda_kernel`` (launch bounds) and started with ``launch`` (CuPy's
+current stream), as the library's are.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from numba import cuda, float32  # noqa: E402
 
 from tinymlm.kernels import attention as fused  # noqa: E402
+from tinymlm.kernels.launch import cuda_kernel, launch  # noqa: E402
 
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 
@@ -75,7 +83,10 @@ def reference_backward(q, k, v, grad_out, lengths, scale):
 # ----------------------------------------------------------------------------------------------
 
 
-@cuda.jit(fastmath=True)
+NAIVE_BLOCK = 32 if SIMULATOR else 128  # one thread per query row
+
+
+@cuda_kernel(NAIVE_BLOCK)
 def naive_forward_kernel(q, k, v, lengths, scale, out):
     heads = q.shape[1]
     b = cuda.blockIdx.y // heads
@@ -117,8 +128,8 @@ def naive_forward_kernel(q, k, v, lengths, scale, out):
 def tiled_forward_kernel(head_dim, block_q, block_k):
     D, BQ, BK = head_dim, block_q, block_k
 
-    @cuda.jit(fastmath=True)
-    def kernel(q, k, v, lengths, scale, out):
+    @cuda_kernel(BQ)
+    def tiled_forward_kernel(q, k, v, lengths, scale, out):
         t = cuda.threadIdx.x
         heads = q.shape[1]
         b = cuda.blockIdx.y // heads
@@ -171,22 +182,12 @@ def tiled_forward_kernel(head_dim, block_q, block_k):
             for c in range(D):
                 out[b, h, row, c] = acc[c] * inv
 
-    return kernel
+    return tiled_forward_kernel
 
 
 # ----------------------------------------------------------------------------------------------
 # Dispatch: every variant as forward(q, k, v, lengths, scale) -> out
 # ----------------------------------------------------------------------------------------------
-
-
-def _launch(kernel, grid, block, *args):
-    if SIMULATOR:
-        kernel[grid, block](*args)
-    else:
-        import cupy
-
-        stream = cuda.external_stream(cupy.cuda.get_current_stream().ptr)
-        kernel[grid, block, stream](*args)
 
 
 def _xp(a):
@@ -201,10 +202,9 @@ def forward_v1(q, k, v, lengths, scale):
     xp = _xp(q)
     batch, heads, seq, _ = q.shape
     out = xp.full(q.shape, np.nan, np.float32)
-    block = 32 if SIMULATOR else 128
-    grid = ((seq + block - 1) // block, batch * heads)
+    grid = ((seq + NAIVE_BLOCK - 1) // NAIVE_BLOCK, batch * heads)
     lengths = xp.asarray(lengths, dtype=np.int32)
-    _launch(naive_forward_kernel, grid, block, q, k, v, lengths, np.float32(scale), out)
+    launch(naive_forward_kernel, grid, NAIVE_BLOCK, q, k, v, lengths, np.float32(scale), out)
     return out
 
 
@@ -215,7 +215,7 @@ def forward_v2(q, k, v, lengths, scale, block_q=64, block_k=16):
     grid = ((seq + block_q - 1) // block_q, batch * heads)
     lengths = xp.asarray(lengths, dtype=np.int32)
     kernel = tiled_forward_kernel(dim, block_q, block_k)
-    _launch(kernel, grid, block_q, q, k, v, lengths, np.float32(scale), out)
+    launch(kernel, grid, block_q, q, k, v, lengths, np.float32(scale), out)
     return out
 
 
@@ -260,22 +260,30 @@ def to_numpy(a):
     return a if isinstance(a, np.ndarray) else a.get()
 
 
-def validate(xp, batch, heads, seq, dim, tolerance=3e-5):
+def validate(xp, batch, heads, seq, dim, tolerance=3e-5) -> list[str]:
+    """Every forward and backward variant against the reference; returns the mismatches."""
     (q, k, v, grad_out), lengths = random_inputs(xp, batch, heads, seq, dim)
     host = [to_numpy(a) for a in (q, k, v, grad_out)]
     scale = 1.0 / math.sqrt(dim)
     want_out, _, _ = reference_forward(*host[:3], lengths, scale)
     want_grads = reference_backward(*host, lengths, scale)
+    failures = []
+
+    def check(what, got, want):
+        got = to_numpy(got)
+        err = np.abs(got - want).max() / max(1.0, np.abs(want).max())  # NaN if any is NaN
+        ok = bool(err <= tolerance)
+        print(f"  {what:12s} d={dim} S={seq}  max rel err {err:.2e} {'ok' if ok else 'FAILED'}")
+        if not ok:
+            failures.append(f"{what} d={dim} S={seq}: max rel err {err:.2e}")
+
     for name, forward in FORWARD.items():
-        err = np.abs(to_numpy(forward(q, k, v, lengths, scale)) - want_out).max()
-        print(f"  forward  {name}  d={dim} S={seq}  max |err| {err:.2e}")
-        assert err <= tolerance, f"forward {name} is wrong"
+        check(f"forward  {name}", forward(q, k, v, lengths, scale), want_out)
     for name, backward in BACKWARD.items():
         grads = backward(q, k, v, grad_out, lengths, scale)
         for label, got, want in zip(("dq", "dk", "dv"), grads, want_grads, strict=True):
-            err = np.abs(to_numpy(got) - want).max() / max(1.0, np.abs(want).max())
-            print(f"  backward {name} {label} d={dim} S={seq}  max rel err {err:.2e}")
-            assert err <= tolerance, f"backward {name} {label} is wrong"
+            check(f"backward {name} {label}", got, want)
+    return failures
 
 
 def time_ms(fn, repeats=20):
@@ -313,23 +321,27 @@ def benchmark(batch=8, heads=12, dim=64):
             print(f"  fwd+bwd  {name}  S={seq:5d}  {ms:8.3f} ms  {tflops:6.2f} TFLOP/s")
 
 
-def main():
+def main() -> int:
     if SIMULATOR:
         print("validating under the CUDA simulator (tiny shapes; no timing)")
-        validate(np, batch=3, heads=1, seq=21, dim=32)
-        validate(np, batch=2, heads=1, seq=9, dim=64)
-        print("all variants match the float64 reference")
-        return
-    import cupy
+        failures = validate(np, batch=3, heads=1, seq=21, dim=32)
+        failures += validate(np, batch=2, heads=1, seq=9, dim=64)
+    else:
+        import cupy
 
-    print(f"device: {cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()}")
-    fused.POISON = True  # unwritten elements show up as NaN while validating
-    for dim in (32, 64):
-        validate(cupy, batch=4, heads=3, seq=300, dim=dim)
-    fused.POISON = False
-    print("all variants match the float64 reference; timing (B=8, H=12, d=64)")
-    benchmark()
+        print(f"device: {cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()}")
+        fused.POISON = True  # unwritten elements show up as NaN while validating
+        failures = [f for dim in (32, 64) for f in validate(cupy, 4, 3, 300, dim)]
+        fused.POISON = False
+    if failures:
+        print(f"{len(failures)} mismatches: no timing", file=sys.stderr)
+        return 1
+    print("all variants match the float64 reference")
+    if not SIMULATOR:
+        print("timing (B=8, H=12, d=64)")
+        benchmark()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

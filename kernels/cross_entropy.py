@@ -21,7 +21,15 @@ the logits. Each variant is a (forward, backward) pair, with one line on why it 
 
 Every variant is validated at every block size against the float64 NumPy reference, on logits
 with one large outlier per row (else the softmax is nearly uniform and the test means little),
-before any is timed.
+ignored rows, V and M that are not multiples of the block, and outputs poisoned with NaN (an
+element no thread writes fails), before any is timed. Validation reports every mismatch, not
+only the first. Under the simulator (``tests/test_lab.py`` runs this file so) the simulator has
+no warp shuffles: v4 and v5 run with their shared-memory-tree reduction there (v4 is then v3,
+v5 keeps its four loads in flight and its reversed backward); their shuffles are validated on
+the GPU, and compiled for the H100 by ``tests/test_kernel_cross_entropy.py``.
+
+Kernels are made with ``tinymlm.kernels.launch.cuda_kernel`` (launch bounds) and started with
+``launch`` (CuPy's current stream), as the library's are.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from numba import cuda, float32  # noqa: E402
 
 from tinymlm.kernels import cross_entropy as fused  # noqa: E402
+from tinymlm.kernels.launch import MAX_THREADS_PER_BLOCK, cuda_kernel, launch  # noqa: E402
 
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 IGNORE = -100
@@ -61,7 +70,7 @@ def reference(logits, targets, scale):
 # --- v1: one thread per row ---------------------------------------------------------------------
 
 
-@cuda.jit(fastmath=True)
+@cuda_kernel(MAX_THREADS_PER_BLOCK)  # launched at every block size the lab tries
 def naive_forward(logits, targets, ignore_index, loss, lse):
     row = cuda.grid(1)
     M, V = logits.shape
@@ -78,7 +87,7 @@ def naive_forward(logits, targets, ignore_index, loss, lse):
     loss[row] = float32(0) if t == ignore_index else lse[row] - logits[row, t]
 
 
-@cuda.jit(fastmath=True)
+@cuda_kernel(MAX_THREADS_PER_BLOCK)
 def naive_backward(logits, targets, ignore_index, lse, scale, grad):
     row = cuda.grid(1)
     M, V = logits.shape
@@ -100,8 +109,8 @@ def two_pass_forward(block):
     if block in _two_pass:
         return _two_pass[block]
 
-    @cuda.jit(fastmath=True)
-    def kernel(logits, targets, ignore_index, loss, lse):
+    @cuda_kernel(block)
+    def two_pass_forward_kernel(logits, targets, ignore_index, loss, lse):
         shared = cuda.shared.array(block, float32)
         row, tid = cuda.blockIdx.x, cuda.threadIdx.x
         V = logits.shape[1]
@@ -134,23 +143,11 @@ def two_pass_forward(block):
             t = targets[row]
             loss[row] = float32(0) if t == ignore_index else lse[row] - logits[row, t]
 
-    _two_pass[block] = kernel
-    return kernel
+    _two_pass[block] = two_pass_forward_kernel
+    return two_pass_forward_kernel
 
 
-# --- launching ---------------------------------------------------------------------------------
-
-
-def _launch(kernel, grid, block, *args):
-    if grid == 0:
-        return
-    if SIMULATOR:
-        kernel[grid, block](*args)
-        return
-    import cupy
-
-    with cuda.external_stream(cupy.cuda.get_current_stream().ptr) as stream:
-        kernel[grid, block, stream](*args)
+# --- the variants as (forward, backward) pairs -------------------------------------------------
 
 
 def variant(name, block):
@@ -159,15 +156,16 @@ def variant(name, block):
     def run_forward(kernel, grid, threads):
         def forward(logits, targets):
             xp = _xp(logits)
-            loss, lse = xp.empty(logits.shape[0], np.float32), xp.empty(logits.shape[0], np.float32)
-            _launch(kernel, grid(logits.shape[0]), threads, logits, targets, IGNORE, loss, lse)
+            loss = xp.full(logits.shape[0], np.nan, np.float32)  # poisoned: unwritten -> NaN
+            lse = xp.full(logits.shape[0], np.nan, np.float32)
+            launch(kernel, grid(logits.shape[0]), threads, logits, targets, IGNORE, loss, lse)
             return loss, lse
 
         return forward
 
     def run_backward(kernel, grid, threads):
         def backward(logits, targets, lse, scale):
-            _launch(
+            launch(
                 kernel, grid(logits.shape[0]), threads, logits, targets, IGNORE, lse, scale, logits
             )
             return logits
@@ -192,6 +190,7 @@ def variant(name, block):
         "v4": (True, 1, False),
         "v5": (True, fused.ILP, True),
     }[name]
+    shuffles = shuffles and not SIMULATOR  # the simulator has no warp shuffles
     return (
         run_forward(fused.cuda_forward_kernel("float32", block, ilp, shuffles), per_row, block),
         run_backward(fused.cuda_backward_kernel("float32", block, reverse), per_row, block),
@@ -219,28 +218,31 @@ def to_numpy(a):
     return a if isinstance(a, np.ndarray) else a.get()
 
 
-def validate(xp, names, blocks, M, V, tolerance=2e-5):
+def validate(xp, names, blocks, M, V, tolerance=2e-5) -> list[str]:
+    """Every variant at every block size against the reference; returns the mismatches."""
     logits, targets = random_inputs(xp, M, V, seed=M + V)
     host_logits, host_targets = to_numpy(logits), to_numpy(targets)
     want_loss, want_lse, want_grad = reference(host_logits, host_targets, 0.5)
+    failures = []
     for name in names:
         for block in blocks:
             forward, backward = variant(name, block)
             loss, lse = forward(logits, targets)
             grad = backward(logits.copy(), targets, lse, xp.asarray([0.5], np.float32))
+            bad = []
             for what, got, want in (
                 ("loss", loss, want_loss),
                 ("lse", lse, want_lse),
                 ("grad", grad, want_grad),
             ):
-                np.testing.assert_allclose(
-                    to_numpy(got),
-                    want,
-                    rtol=tolerance,
-                    atol=tolerance,
-                    err_msg=f"{name} block {block}: {what}",
-                )
-            print(f"  {name} block {block:4d}  M={M} V={V}: ok")
+                got = to_numpy(got)
+                if not np.allclose(got, want, rtol=tolerance, atol=tolerance):  # NaN fails too
+                    err = np.nanmax(np.abs(got - want)) if np.isfinite(got).any() else np.nan
+                    bad.append(f"{what} (max |err| {err:.1e}, {np.isnan(got).sum()} NaN)")
+            line = f"  {name} block {block:4d}  M={M} V={V}: " + ("ok" if not bad else "FAILED")
+            print(line + "".join(f" {b}" for b in bad))
+            failures += [f"{name} block {block} M={M} V={V}: {b}" for b in bad]
+    return failures
 
 
 def time_ms(fn, repeats=20):
@@ -306,24 +308,30 @@ def cpu_lab(M=600, V=30522):
         print(f"  {label}: {(time.perf_counter() - start) / 5 * 1e3:.1f} ms")
 
 
-def main():
+def main() -> int:
     names = ["v1", "v2", "v3", "v4", "v5"]
     if "--cpu" in sys.argv:
         cpu_lab()
-        return
-    if SIMULATOR:  # tiny shapes; shuffles do not exist in the simulator
-        print("CUDA simulator: validating (tiny shapes, no timing)")
-        validate(np, ["v1", "v2", "v3"], [32, 64], M=5, V=77)
-        return
-    print("validating every variant and block size")
-    import cupy
+        return 0
+    if SIMULATOR:  # tiny shapes: M and V not multiples of the block, two block sizes
+        print("CUDA simulator: validating every variant (tiny shapes, no timing)")
+        failures = validate(np, names, [32, 64], M=5, V=77)
+        failures += validate(np, names, [32], M=2, V=5)  # V smaller than the block
+    else:
+        print("validating every variant and block size")
+        import cupy
 
-    blocks = [128, 256, 512, 1024]
-    validate(cupy, names, blocks, M=300, V=30522)
-    validate(cupy, names, blocks, M=7, V=1001)
-    print("timing")
-    benchmark(names, blocks)
+        blocks = [128, 256, 512, 1024]
+        failures = validate(cupy, names, blocks, M=300, V=30522)
+        failures += validate(cupy, names, blocks, M=7, V=1001)
+    if failures:
+        print(f"{len(failures)} mismatches: no timing", file=sys.stderr)
+        return 1
+    if not SIMULATOR:
+        print("timing")
+        benchmark(names, blocks)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
