@@ -6,7 +6,7 @@
 For every seed it pretrains a tiny encoder twice on tinyworld, once with masked language
 modeling and once with ELECTRA, for the same number of training FLOPs: MLM runs
 ``--pretrain-steps`` steps and ELECTRA runs as many steps as make the same total, by the
-trainer's own accounting (``tinymlm.train.model_flops``):
+trainer's own accounting (the objectives' ``model_flops``):
 
     electra_steps = round(mlm_steps · mlm_flops_per_step / electra_flops_per_step)
 
@@ -92,11 +92,11 @@ FINETUNE = {
 
 
 def flops_per_step(objective: str, pretrain: dict = PRETRAIN, electra: dict = ELECTRA) -> float:
-    """Training FLOPs of one optimizer step, by tinymlm.train's accounting, for the expected
+    """Training FLOPs of one optimizer step, by the objective's accounting, for the expected
     number of masked positions (mlm_probability of the batch's tokens)."""
     from tinymlm.data import tinyworld
+    from tinymlm.objectives import PRETRAINING, TrainConfig
     from tinymlm.tokenizer import BertTokenizer
-    from tinymlm.train import TrainConfig, make_model, model_flops
 
     extra = electra if objective == "electra" else {}
     cfg = TrainConfig(
@@ -104,9 +104,10 @@ def flops_per_step(objective: str, pretrain: dict = PRETRAIN, electra: dict = EL
         objective=objective,
     )
     tokenizer = BertTokenizer.from_vocab(tinyworld.vocabulary())
-    model = make_model(cfg, len(tokenizer), tokenizer.all_special_ids)
+    trained = PRETRAINING[objective]
+    model = trained.make_model(cfg, tokenizer)
     batch, seq = cfg.batch_size * cfg.grad_accum, cfg.max_length
-    return model_flops(model, batch, seq, round(cfg.mlm_probability * batch * seq))
+    return trained.model_flops(model, batch, seq, round(cfg.mlm_probability * batch * seq))
 
 
 def matched_steps(mlm_steps: int, mlm_flops: float, electra_flops: float) -> int:
@@ -137,7 +138,7 @@ def unigram_loss(pretrain: dict = PRETRAIN, seed: int = 0) -> float:
     training corpus's ordinary tokens, the floor MLM sits on until it learns to read."""
     import numpy as np
 
-    from tinymlm.train import TrainConfig, build_corpus
+    from tinymlm.objectives import TrainConfig, build_corpus
 
     cfg = TrainConfig(max_length=pretrain["max-length"], tinyworld_docs=pretrain["tinyworld-docs"],
                       packing=pretrain.get("packing", "sentences"), seed=seed)  # fmt: skip
@@ -387,7 +388,7 @@ def write_report(result: dict, results_dir: Path) -> None:
         "",
         f"Recipe, identical for both objectives: {_recipe(result['pretrain_settings'])}. "
         f"ELECTRA: {_recipe(result['electra_settings'])}; its generator masks like MLM does.",
-        f"FLOPs per step by `tinymlm.train.model_flops` (expected masked positions): MLM "
+        f"FLOPs per step by the objectives' `model_flops` (expected masked positions): MLM "
         f"{result['flops_per_step']['mlm']:.3e}, ELECTRA {result['flops_per_step']['electra']:.3e}"
         f" → {result['steps']['mlm']} MLM steps vs {result['steps']['electra']} ELECTRA steps."
         f" A model that ignores context (predicts unigram frequencies) has a masked-token loss "

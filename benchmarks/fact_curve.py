@@ -1,7 +1,7 @@
 """When does a small BERT learn its facts? Held-out fact accuracy every N steps of a run.
 
-The trainer's own pieces (``build_corpus``, ``make_model``, ``make_collator`` and
-``training_step``: the same batches, masks and dropout as ``python -m tinymlm.train``),
+The trainer's own pieces (the MLM objective and ``Trainer.training_step``: the same batches,
+masks and dropout as ``python -m tinymlm.train``),
 with tinyworld's fact probes asked every ``--probe-every`` steps: the held-out phrasings
 (knowledge) and a sample of the training phrasings (memory). Any trainer setting can be
 changed, which is how the default recipe was chosen (``benchmarks/results/train_default.md``):
@@ -26,15 +26,10 @@ if str(REPO) not in sys.path:  # run as a script from the source tree
 
 from tinymlm import kernels  # noqa: E402
 from tinymlm.data import tinyworld  # noqa: E402
-from tinymlm.optim import AdamW, param_groups  # noqa: E402
-from tinymlm.train import (  # noqa: E402
-    TrainConfig,
-    build_corpus,
-    fact_scores,
-    make_collator,
-    make_model,
-    training_step,
-)
+from tinymlm.objectives import MaskedLanguageModeling, TrainConfig, build_corpus  # noqa: E402
+from tinymlm.objectives.pretraining import fact_scores  # noqa: E402
+from tinymlm.train import loop_settings  # noqa: E402
+from tinymlm.trainer import Trainer  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -58,10 +53,9 @@ def main(argv=None) -> int:
     kernels.set_kernels(cfg.kernels)
     corpus = build_corpus(cfg, print)
     tokenizer = corpus.tokenizer
-    model = make_model(cfg, len(tokenizer), tokenizer.all_special_ids)
-    optimizer = AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98),
-                      eps=1e-6)
-    collate = make_collator(cfg, tokenizer)
+    trainer = Trainer(MaskedLanguageModeling(cfg, corpus), loop_settings(cfg))
+    model = trainer.objective.build_model()
+    optimizer = trainer.make_optimizer(model)
     heldout = tinyworld.fact_probes("heldout")
     trained = tinyworld.fact_probes("train")
     sample = np.random.default_rng(0).choice(len(trained), 600, replace=False)
@@ -71,7 +65,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     model.train()
     for step in range(1, cfg.steps + 1):
-        loss, _, _ = training_step(step, model, optimizer, collate, corpus, cfg)
+        loss, _, _, _ = trainer.training_step(step, model, optimizer)
         if step % probe_every == 0 or step == cfg.steps:
             model.eval()
             held, per_relation = fact_scores(model, tokenizer, heldout)

@@ -24,19 +24,20 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tinymlm.data import MLMCollator, python_docs_corpus  # noqa: E402
+from tinymlm.data import python_docs_corpus  # noqa: E402
 from tinymlm.fileio import atomic_write_text  # noqa: E402
 from tinymlm.nn.bert import BertForMaskedLM  # noqa: E402
-from tinymlm.train import TrainConfig, build_corpus, evaluate, train  # noqa: E402
+from tinymlm.objectives import MaskedLanguageModeling, TrainConfig, build_corpus  # noqa: E402
+from tinymlm.objectives.pretraining import eval_collator  # noqa: E402
+from tinymlm.train import train  # noqa: E402
 
 
 def unigram_baseline(corpus, cfg) -> float:
-    """Mean −log p_unigram(target) over the held-out masked positions of ``evaluate``."""
+    """Mean −log p_unigram(target) over the held-out masked positions of MLM's ``evaluate``."""
     counts = np.bincount(corpus.train_ids[corpus.train_mask == 1].ravel(),
                          minlength=len(corpus.tokenizer)).astype(np.float64) + 1.0
     log_p = np.log(counts / counts.sum())
-    collate = MLMCollator(corpus.tokenizer, mlm_probability=cfg.mlm_probability,
-                          seed=cfg.seed + 1_000_003)  # the masks evaluate() draws
+    collate = eval_collator(cfg, corpus.tokenizer)  # the masks evaluate() draws
     total, n = 0.0, 0
     for start in range(0, len(corpus.eval_ids), cfg.batch_size):
         labels = collate(corpus.eval_ids[start:start + cfg.batch_size],
@@ -67,7 +68,7 @@ def main() -> int:
         seconds = time.perf_counter() - start
         corpus = build_corpus(cfg, log=lambda m: None)
         model = BertForMaskedLM.from_pretrained(run_dir)
-        result = evaluate(model, corpus, cfg, "cpu")
+        result = MaskedLanguageModeling(cfg, corpus).evaluate(model)
         baseline = unigram_baseline(corpus, cfg)
     tokens = int(corpus.train_mask.sum())
     lines = [

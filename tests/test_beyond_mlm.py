@@ -14,8 +14,9 @@ import pytest
 from tinymlm import finetune as ft
 from tinymlm import train
 from tinymlm.data import tinyworld
-from tinymlm.electra import generator_config
 from tinymlm.nn.bert import BertConfig
+from tinymlm.nn.electra import generator_config
+from tinymlm.objectives import MODEL_SIZES, TrainConfig, build_corpus, train_flops
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,7 +36,7 @@ bm = _load()
 
 def test_flops_per_step_is_the_trainers_formula_for_both_objectives():
     P = bm.PRETRAIN
-    layers, hidden = train.MODEL_SIZES[P["model-size"]]
+    layers, hidden = MODEL_SIZES[P["model-size"]]
     config = BertConfig(
         vocab_size=len(tinyworld.vocabulary()),
         hidden_size=hidden,
@@ -45,9 +46,9 @@ def test_flops_per_step_is_the_trainers_formula_for_both_objectives():
     )
     B, S = P["batch-size"] * P["grad-accum"], P["max-length"]
     masked = round(P["mlm-probability"] * B * S)
-    mlm = train.train_flops(config, B, S, masked)
+    mlm = train_flops(config, B, S, masked)
     generator = generator_config(config, bm.ELECTRA["generator-size"])
-    electra = train.train_flops(config, B, S, 0) + train.train_flops(generator, B, S, masked)
+    electra = train_flops(config, B, S, 0) + train_flops(generator, B, S, masked)
     assert bm.flops_per_step("mlm") == pytest.approx(mlm, rel=1e-12)
     assert bm.flops_per_step("electra") == pytest.approx(electra, rel=1e-12)
 
@@ -94,7 +95,7 @@ def test_flops_from_metrics_rebuilds_the_total_whatever_the_timing():
 def test_unigram_loss_is_the_entropy_of_the_ordinary_tokens():
     small = {**bm.PRETRAIN, "tinyworld-docs": 60}
     loss = bm.unigram_loss(small, seed=0)
-    corpus = train.build_corpus(train.TrainConfig(max_length=32, tinyworld_docs=60), print)
+    corpus = build_corpus(TrainConfig(max_length=32, tinyworld_docs=60), print)
     ids = corpus.train_ids[corpus.train_mask == 1]
     counts = np.array(
         [c for t, c in zip(*np.unique(ids, return_counts=True))

@@ -17,14 +17,14 @@ import pytest
 from tinymlm import backend, kernels
 from tinymlm import train as train_module
 from tinymlm.autograd import Tensor, no_grad
-from tinymlm.electra import (
+from tinymlm.gradcheck import gradcheck
+from tinymlm.nn.bert import BertConfig, BertModel
+from tinymlm.nn.electra import (
     ElectraDiscriminatorPredictions,
     ElectraForPretraining,
     binary_cross_entropy_with_logits,
     generator_config,
 )
-from tinymlm.gradcheck import gradcheck
-from tinymlm.nn.bert import BertConfig, BertModel
 
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
 SPECIAL = (PAD, UNK, CLS, SEP, MASK)
@@ -177,10 +177,10 @@ def test_electra_loss_gradcheck_through_generator_discriminator_and_shared_embed
 
     def loss(*_):
         # a fresh generator with one seed: the same samples at every perturbation
-        return model(masked, mask, labels, generator=np.random.default_rng(11)).loss
+        return model(masked, mask, labels=labels, generator=np.random.default_rng(11)).loss
 
     with kernels.use_kernels("reference"):
-        out = model(masked, mask, labels, generator=np.random.default_rng(11))
+        out = model(masked, mask, labels=labels, generator=np.random.default_rng(11))
         assert 0 < out.rtd_labels[out.rtd_labels != -100].sum() < mask.sum()  # both kinds
         result = gradcheck(loss, watched)
     assert result.ok, str(result)
@@ -189,7 +189,7 @@ def test_electra_loss_gradcheck_through_generator_discriminator_and_shared_embed
 def test_loss_is_mlm_plus_weighted_rtd_and_each_part_matches_its_reference():
     model = tiny_model(np.float64)
     masked, mask, labels, original = tiny_batch()
-    out = model(masked, mask, labels, generator=np.random.default_rng(0))
+    out = model(masked, mask, labels=labels, generator=np.random.default_rng(0))
     assert out.loss.item() == pytest.approx(
         out.mlm_loss.item() + 50 * out.rtd_loss.item(), rel=1e-14
     )
@@ -216,7 +216,7 @@ def test_rtd_labels_are_exactly_replaced_on_real_tokens_and_ignored_on_padding()
     model.generator.generator_lm_head_bias.data[7] = 60.0
     masked_pos = labels != -100
     labels[0, 1] = original[0, 1] = 7
-    out = model(masked, mask, labels, generator=np.random.default_rng(0))
+    out = model(masked, mask, labels=labels, generator=np.random.default_rng(0))
     corrupted = out.corrupted_ids
     np.testing.assert_array_equal(corrupted[~masked_pos], original[~masked_pos])
     np.testing.assert_array_equal(corrupted[masked_pos], 7)
@@ -236,7 +236,7 @@ def test_mask_and_special_tokens_never_reach_the_discriminator():
     for favourite in SPECIAL:  # the generator begs for a special token: it is never sampled
         model.generator.generator_lm_head_bias.data[:] = 0
         model.generator.generator_lm_head_bias.data[favourite] = 80.0
-        out = model(masked, mask, labels, generator=np.random.default_rng(favourite))
+        out = model(masked, mask, labels=labels, generator=np.random.default_rng(favourite))
         sampled = out.corrupted_ids[labels != -100]
         assert not np.isin(sampled, SPECIAL).any()
     assert len(seen) == len(SPECIAL)
@@ -266,7 +266,7 @@ def test_sampling_is_reproducible_under_the_seed_and_changes_with_it():
     def corrupted(seed):  # as the trainer does it: reseed the default generator per step
         backend.manual_seed(seed)
         with no_grad():
-            return model(masked, mask, labels).corrupted_ids
+            return model(masked, mask, labels=labels).corrupted_ids
 
     np.testing.assert_array_equal(corrupted(5), corrupted(5))
     assert any((corrupted(5) != corrupted(s)).any() for s in (6, 7, 8))
@@ -278,7 +278,7 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="needs labels"):
         model(masked, mask)
     with pytest.raises(ValueError, match="differ"):
-        model(masked, mask, labels[:, :4])
+        model(masked, mask, labels=labels[:, :4])
     with pytest.raises(ValueError, match="fraction"):
         generator_config(TINY, 0.0)
     with pytest.raises(ValueError, match="fraction"):
@@ -399,7 +399,7 @@ def test_electra_matches_transformers_generator_and_discriminator():
     gen.load_state_dict({k: torch.tensor(v) for k, v in gen_state.items()}, strict=True)
 
     masked, mask, labels, _ = tiny_batch()
-    out = model(masked, mask, labels, generator=np.random.default_rng(0))
+    out = model(masked, mask, labels=labels, generator=np.random.default_rng(0))
     with torch.no_grad():
         gen_logits = gen(input_ids=torch.tensor(masked), attention_mask=torch.tensor(mask)).logits
         disc_logits = disc(
@@ -443,7 +443,7 @@ def test_a_batch_without_masks_teaches_only_detection_and_float32_stays_float32(
     model = tiny_model(np.float32)
     masked, mask, labels, _ = tiny_batch()
     nothing = np.full_like(labels, -100)
-    out = model(masked, mask, nothing, generator=np.random.default_rng(0))
+    out = model(masked, mask, labels=nothing, generator=np.random.default_rng(0))
     assert out.generator_logits.shape == (0, VOCAB) and out.mlm_loss.item() == 0.0
     np.testing.assert_array_equal(out.corrupted_ids, masked)  # the input is the original
     assert (out.rtd_labels[mask == 1] == 0).all()
@@ -451,20 +451,3 @@ def test_a_batch_without_masks_teaches_only_detection_and_float32_stays_float32(
     assert out.loss.dtype == np.float32
     assert all(p.grad is None or p.grad.dtype == np.float32 for p in model.parameters())
 
-
-def test_replaced_token_auc_equals_the_pairwise_definition():
-    from tinymlm.electra import replaced_token_auc
-
-    rng = np.random.default_rng(3)
-    for n, ties in [(40, False), (60, True)]:
-        scores = rng.normal(size=n)
-        if ties:
-            scores = np.round(scores, 1)  # many equal scores
-        replaced = rng.random(n) < 0.3
-        pos, neg = scores[replaced], scores[~replaced]
-        pairs = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
-        assert abs(replaced_token_auc(scores, replaced) - pairs.mean()) < 1e-12
-    assert replaced_token_auc([0.1, 0.9], [False, True]) == 1.0
-    assert replaced_token_auc([0.9, 0.1], [False, True]) == 0.0
-    assert replaced_token_auc([0.5, 0.5, 0.5], [False, True, False]) == 0.5
-    assert np.isnan(replaced_token_auc([1.0, 2.0], [False, False]))

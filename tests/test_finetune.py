@@ -1,4 +1,4 @@
-"""python -m tinymlm.finetune (issue 8): metrics, a few steps end to end, and bad input."""
+"""python -m tinymlm.finetune (issue 8): span decoding, a few steps end to end, and bad input."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tinymlm import finetune as ft
+from tinymlm.data import tasks as task_data
 from tinymlm.data import tinyworld
 from tinymlm.nn.bert import BertConfig, BertForMaskedLM
 from tinymlm.nn.heads import (
@@ -18,36 +19,11 @@ from tinymlm.nn.heads import (
     BertForSequenceClassification,
     BertForTokenClassification,
 )
+from tinymlm.objectives.finetuning import MAX_ANSWER_TOKENS, best_span
+from tinymlm.runs import step_rows
 from tinymlm.tokenizer import BertTokenizer
 
-# --- metrics -----------------------------------------------------------------------------------
-
-
-def test_entity_spans_read_bio_and_plain_tags():
-    assert ft.entity_spans(["B-PER", "I-PER", "O", "B-LOC", "B-LOC", "I-ORG"]) == {
-        ("PER", 0, 1),
-        ("LOC", 3, 3),
-        ("LOC", 4, 4),
-        ("ORG", 5, 5),
-    }
-    assert ft.entity_spans(["CITY", "CITY", "O", "COUNTRY"]) == {("CITY", 0, 1), ("COUNTRY", 3, 3)}
-    assert ft.entity_spans(["O", "O"]) == set()
-
-
-def test_tagging_metrics_against_counts_by_hand():
-    gold = [["COUNTRY", "O", "CITY"], ["O", "ANIMAL"]]
-    predicted = [["COUNTRY", "O", "O"], ["ANIMAL", "ANIMAL"]]
-    result = ft.tagging_metrics(predicted, gold)
-    assert result["eval_accuracy"] == pytest.approx(3 / 5)
-    # found {COUNTRY 0}, {ANIMAL 0-1}; truth {COUNTRY 0, CITY 2}, {ANIMAL 1}: 1 right of 2 and 3
-    precision, recall = 1 / 2, 1 / 3
-    assert result["eval_entity_f1"] == pytest.approx(2 * precision * recall / (precision + recall))
-
-
-def test_qa_metrics_follow_squad():
-    result = ft.qa_metrics(["The Paris", "new delhi", "x"], ["paris.", "delhi", "y"])
-    assert result["eval_exact_match"] == pytest.approx(1 / 3)
-    assert result["eval_f1"] == pytest.approx((1 + 2 / 3 + 0) / 3)  # delhi: P 1/2, R 1
+# --- decoding and data order ---------------------------------------------------------------
 
 
 def test_best_span_is_the_brute_force_best():
@@ -58,18 +34,17 @@ def test_best_span_is_the_brute_force_best():
     spans = [
         (i, j)
         for i, j in itertools.product(range(12), repeat=2)
-        if context[i] and context[j] and i <= j < i + ft.MAX_ANSWER_TOKENS
+        if context[i] and context[j] and i <= j < i + MAX_ANSWER_TOKENS
     ]
-    assert ft.best_span(start, end, context) == max(spans, key=lambda s: start[s[0]] + end[s[1]])
+    assert best_span(start, end, context) == max(spans, key=lambda s: start[s[0]] + end[s[1]])
 
 
 def test_batches_walk_through_seeded_epochs():
-    rows = np.concatenate([ft.batch_rows(step, 4, 10, seed=0) for step in range(1, 6)])
-    assert sorted(rows[:10]) == list(range(10)) and sorted(rows[10:20]) == list(range(10))
-    assert (
-        rows.tolist()
-        == np.concatenate([ft.batch_rows(step, 4, 10, seed=0) for step in range(1, 6)]).tolist()
-    )
+    def rows():
+        return np.concatenate([step_rows(0, step, 0, 4, 1, 10) for step in range(1, 6)])
+
+    assert sorted(rows()[:10]) == list(range(10)) and sorted(rows()[10:20]) == list(range(10))
+    assert rows().tolist() == rows().tolist()
 
 
 # --- end to end --------------------------------------------------------------------------------
@@ -134,7 +109,7 @@ def test_a_few_steps_from_a_pretrained_folder(tmp_path, pretrained, capsys, task
     if task != "qa":
         assert (
             list(model.id2label.values())
-            == {"verify": ["false", "true"], "entities": ft.task_data.ENTITY_TAGS}[task]
+            == {"verify": ["false", "true"], "entities": task_data.ENTITY_TAGS}[task]
         )
 
 

@@ -134,8 +134,8 @@ def test_salient_masking_needs_tinyworld(tmp_path):
 
 def test_auto_masking_is_salient_for_mlm_on_tinyworld_only():
     from tinymlm.data import tinyworld
+    from tinymlm.objectives import TrainConfig, make_collator
     from tinymlm.tokenizer import BertTokenizer
-    from tinymlm.train import TrainConfig, make_collator
 
     tok = BertTokenizer.from_vocab(tinyworld.vocabulary())
     collator = make_collator(TrainConfig(), tok)
@@ -168,6 +168,7 @@ import os, sys
 from pathlib import Path
 import tinymlm.fileio as fileio
 import tinymlm.train as train
+import tinymlm.trainer as trainer
 
 real_write = fileio.atomic_write_bytes
 
@@ -180,7 +181,7 @@ def dying_write(path, data):
         os._exit(9)
     real_write(path, data)
 
-train.atomic_write_bytes = dying_write  # what the trainer writes the optimizer state with
+trainer.atomic_write_bytes = dying_write  # what the trainer writes the optimizer state with
 sys.exit(train.main(sys.argv[2:] + ["--out", sys.argv[1]]))
 """
 

@@ -1,6 +1,7 @@
-"""``python -m tinymlm.train``: a run stopped with --stop-after and continued with --resume ends
-with the very bytes of an uninterrupted run, for MLM and for ELECTRA (issue 8); the ELECTRA run
-folder is a BERT encoder that loads in Hugging Face's format and fine-tunes.
+"""``python -m tinymlm.train`` and ``python -m tinymlm.finetune``: a run stopped with --stop-after
+and continued with --resume ends with the very bytes of an uninterrupted run, for MLM, ELECTRA
+(issue 8) and fine-tuning (issue 15); the ELECTRA run folder is a BERT encoder that loads in
+Hugging Face's format and fine-tunes.
 
 Runs are tiny (6 steps of 4 sequences of 32 tokens) and in-process, so each takes seconds.
 """
@@ -13,10 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tinymlm import finetune
 from tinymlm import train as train_module
 from tinymlm.autograd import Tensor, no_grad
 from tinymlm.nn import functional as F
 from tinymlm.nn.bert import BertModel
+from tinymlm.objectives import pretraining
 from tinymlm.optim import AdamW
 
 TINY_RUN = [
@@ -52,7 +55,7 @@ def runs(request, tmp_path_factory):
     whole, resumed = root / "whole", root / "resumed"
     with pytest.MonkeyPatch.context() as patch:
         # the fact probes after the last step (480 fill-masks, MLM only) are not under test
-        patch.setattr(train_module, "knowledge_report", lambda *args: {"fact_accuracy": 0.0})
+        patch.setattr(pretraining, "knowledge_report", lambda *args: {"fact_accuracy": 0.0})
         run(*TINY_RUN, "--objective", objective, "--out", whole)
         run(*TINY_RUN, "--objective", objective, "--out", resumed, "--stop-after", "3")
         stopped = json.loads((resumed / "trainer_state.json").read_text())["step"]
@@ -134,8 +137,6 @@ def test_electra_run_folder_is_a_bert_encoder_that_fine_tunes(runs):
     assert losses[-1] < 0.5 * losses[0]
 
     # and the fine-tuning command takes the run folder as it takes an MLM one
-    from tinymlm import finetune
-
     out = whole.parent / "finetuned"
     argv = [
         "--task",
@@ -166,3 +167,49 @@ def test_electra_run_folder_is_a_bert_encoder_that_fine_tunes(runs):
         expected = ours(ids, mask).last_hidden_state.data
         got = theirs(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask))
     np.testing.assert_allclose(got.last_hidden_state.numpy(), expected, atol=1e-5, rtol=1e-5)
+
+
+# --- fine-tuning ---------------------------------------------------------------------------------
+
+FINETUNE_RUN = ["--steps", "6", "--batch-size", "8", "--max-length", "48", "--eval-every", "3",
+                "--log-every", "3", "--warmup-steps", "2"]
+
+
+@pytest.fixture(scope="module", params=["verify", "qa"])
+def finetune_runs(request, tmp_path_factory):
+    """(uninterrupted fine-tuning run folder, stopped-then-resumed one), from a random encoder
+    with dropout, so the dropout seeds are under test too."""
+    root = tmp_path_factory.mktemp(f"finetune-{request.param}")
+    whole, resumed = root / "whole", root / "resumed"
+    task = ["--task", request.param, "--model", "none", *FINETUNE_RUN]
+
+    def finetune_main(*argv):
+        assert finetune.main([str(a) for a in argv]) == 0
+
+    finetune_main(*task, "--out", whole)
+    finetune_main(*task, "--out", resumed, "--stop-after", "4")  # between two checkpoints
+    assert json.loads((resumed / "trainer_state.json").read_text())["step"] == 4
+    finetune_main("--resume", resumed)
+    return whole, resumed
+
+
+def test_finetune_resume_gives_the_bytes_of_an_uninterrupted_run(finetune_runs, capsys):
+    whole, resumed = finetune_runs
+    files = sorted(p.name for p in (whole / "current").iterdir())
+    assert {"model.safetensors", "optimizer.safetensors", "trainer_state.json"} <= set(files)
+    assert sorted(p.name for p in (resumed / "current").iterdir()) == files
+    for name in files:
+        assert (whole / name).read_bytes() == (resumed / name).read_bytes(), name
+
+    def rows(folder: Path):
+        lines = (folder / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k not in TIMINGS} for line in lines]
+
+    assert rows(whole) == rows(resumed)
+    assert [r["step"] for r in rows(whole) if "eval_loss" in r] == [3, 6]
+
+
+def test_finetune_resume_refuses_new_settings(finetune_runs, capsys):
+    _, resumed = finetune_runs
+    assert finetune.main(["--resume", str(resumed), "--lr", "0.1"]) == 2
+    assert "--resume continues a run" in capsys.readouterr().err

@@ -31,6 +31,13 @@ def epoch_rows(seed: int, start: int, count: int, n: int) -> np.ndarray:
                     dtype=np.int64)
 
 
+def step_rows(seed: int, step: int, micro: int, batch_size: int, grad_accum: int,
+              n: int) -> np.ndarray:
+    """Rows of micro-batch ``micro`` of optimizer step ``step`` (1-based) among n rows."""
+    start = ((step - 1) * grad_accum + micro) * batch_size
+    return epoch_rows(seed, start, batch_size, n)
+
+
 @functools.lru_cache(maxsize=2)  # the current epoch and the next
 def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)

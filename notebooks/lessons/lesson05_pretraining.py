@@ -32,7 +32,7 @@ from tinymlm import backend
 from tinymlm.data import MLMCollator
 from tinymlm.fill_mask import fill_mask
 from tinymlm.optim import AdamW, clip_grad_norm_, lr_at, param_groups
-from tinymlm.train import TrainConfig, build_corpus, evaluate, make_collator, make_model
+from tinymlm.objectives import MaskedLanguageModeling, TrainConfig, build_corpus, make_collator
 
 # the command line's defaults (batch 128 of 16 tokens, lr 3e-3, salient masking), run shorter
 cfg = TrainConfig(steps=STEPS, tinyworld_docs=3000, dropout=0.0, seed=0)
@@ -71,7 +71,8 @@ $2HV$ operations per position. Only the ~15% of positions that carry a label nee
 did the same). The loss is identical; the head's cost drops by a factor $BS/M \approx 6.7$.
 """),
     code(r"""
-model = make_model(cfg, len(tok))
+objective = MaskedLanguageModeling(cfg, corpus)   # what the trainer runs: model, batches, eval
+model = objective.build_model()
 print(f"{model.num_parameters() / 1e6:.2f}M parameters")
 collate = make_collator(cfg, tok)      # salient masking, as the trainer does on tinyworld
 batch = collate(corpus.train_ids[:cfg.batch_size], corpus.train_mask[:cfg.batch_size])
@@ -159,9 +160,9 @@ assert max(schedule) == cfg.lr and schedule[-1] == 0.0
 ## 5. The loop
 
 One optimizer step: draw a batch, mask it afresh, forward, backward, clip, set the learning
-rate, step, clear the gradients. Every 100 steps we measure the held-out loss and accuracy on
-fixed masks (`evaluate`) and ask the model to fill in a few sentences. The figure updates as it
-goes.
+rate, step, clear the gradients (the trainer, `tinymlm.trainer`, does the same). Every 100
+steps we measure the held-out loss and accuracy on fixed masks (`objective.evaluate`) and ask
+the model to fill in a few sentences. The figure updates as it goes.
 """),
     code(r"""
 probe_sentences = ["Paris is the capital of [MASK].", "The cat sat on the [MASK].",
@@ -200,7 +201,7 @@ for step in range(1, cfg.steps + 1):
     optimizer.zero_grad()
     history.append({"step": step, "loss": out.loss.item(), "grad_norm": float(grad_norm)})
     if step % 100 == 0 or step == 1:
-        history[-1].update(evaluate(model, corpus, cfg, "cpu"))
+        history[-1].update(objective.evaluate(model))
         predictions[step] = [r[0]["token_str"] for r in fill_mask(model, tok, probe_sentences, top_k=1)]
         redraw()
 plt.close(fig)
@@ -236,8 +237,8 @@ column). Salient masking shortens that wait a great deal, but it is still there:
 token masking, the runs in `benchmarks/results/train_default.md` knew only a fraction of the
 facts after 1,600 steps.
 
-`evaluate` measures loss and accuracy on held-out text with fixed masks, and
-`tinymlm.train.knowledge_report` asks fact questions in phrasings the model never read, so
+`objective.evaluate` measures loss and accuracy on held-out text with fixed masks, and
+`tinymlm.objectives.pretraining.knowledge_report` asks fact questions in phrasings the model never read, so
 memorised sentences do not count. The command line runs this same loop for as long as you
 like, with checkpoints you can resume:
 

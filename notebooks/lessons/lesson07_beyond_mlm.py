@@ -11,7 +11,7 @@ from raw text how words relate is a good starting point for the tasks people do 
 small new **head** on top, trained briefly on labelled examples (**fine-tuning**). This lesson
 fine-tunes on three kinds of task, looks at what masked language modeling does poorly, and runs
 ELECTRA, which answers two of its weaknesses — all small, with tinymlm's own code
-(`tinymlm.nn.heads`, `tinymlm.finetune`, `tinymlm.electra`).
+(`tinymlm.nn.heads`, `tinymlm.finetune`, `tinymlm.nn.electra`).
 """),
     code(r"""
 import os
@@ -22,10 +22,10 @@ from IPython.display import Markdown, display
 
 from tinymlm import backend
 from tinymlm.data import MLMCollator
-from tinymlm.electra import ElectraForPretraining, generator_config
+from tinymlm.nn.electra import ElectraForPretraining, generator_config
 from tinymlm.finetune import finetune
 from tinymlm.optim import AdamW, clip_grad_norm_, param_groups
-from tinymlm.train import TrainConfig, build_corpus, make_model
+from tinymlm.objectives import TrainConfig, bert_config, build_corpus
 
 workdir = tempfile.mkdtemp(prefix="tinymlm-lesson7-")
 """),
@@ -91,7 +91,8 @@ $$\ell = \ell_{\text{MLM}}(\text{generator}) + \lambda\, \ell_{\text{RTD}}(\text
 cfg = TrainConfig(model_size="tiny", batch_size=16, max_length=32, tinyworld_docs=800, seed=0)
 corpus = build_corpus(cfg, print)
 tok = corpus.tokenizer
-discriminator_config = make_model(cfg, len(tok)).config
+discriminator_config = bert_config(cfg.model_size, len(tok), cfg.max_length, cfg.dropout)
+backend.manual_seed(cfg.seed)
 electra = ElectraForPretraining(discriminator_config, generator_config(discriminator_config, 0.25),
                                 special_token_ids=tok.all_special_ids)
 collate = MLMCollator(tok, seed=0)

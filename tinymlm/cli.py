@@ -1,0 +1,79 @@
+"""What the command lines share: checking options, the run folder, and reporting bad input.
+
+A ``UsageError`` (bad input: an option, a file, a folder) ends the command with exit status 2
+and one line on stderr that says what is wrong and what to do. Any other exception is a bug
+and shows its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from tinymlm import backend
+from tinymlm.errors import UsageError
+
+
+def log(message: str) -> None:
+    """Progress and messages go to stderr, so stdout holds only results."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_command(command: Callable[[], None]) -> int:
+    """Run ``command``; a UsageError becomes ``error: ...`` on stderr and exit status 2."""
+    try:
+        command()
+        return 0
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def check_device(name: str) -> str:
+    """'cpu' or 'cuda', where CUDA is asked for only on a machine that has it."""
+    try:
+        device = backend.normalize_device(name)
+    except ValueError as e:
+        raise UsageError(f"--device: {e}") from e
+    if device == "cuda" and not backend.cuda_available():
+        raise UsageError("--device cuda: no usable CUDA GPU with CuPy here; "
+                         f"{backend.CUPY_INSTALL_HINT}")
+    return device
+
+
+def check_stop_after(stop_after: int | None) -> None:
+    if stop_after is not None and stop_after < 1:
+        raise UsageError(f"--stop-after must be a positive step number, got {stop_after}")
+
+
+def check_resume_alone(args) -> None:
+    """Beside ``--resume`` only ``--stop-after`` and ``--device`` may be given (argparse
+    defaults of None mark the options left out)."""
+    given = [k for k, v in vars(args).items()
+             if v is not None and k not in ("device", "resume", "stop_after")]
+    if given:
+        raise UsageError("--resume continues a run with its saved settings: only "
+                         "--stop-after and --device may be given beside it")
+
+
+def saved_settings(run_dir: Path, name: str) -> dict:
+    """The settings file ``name`` of a run folder to continue (``--resume``)."""
+    config_file = Path(run_dir) / name
+    if not config_file.is_file():
+        raise UsageError(f"{run_dir} is not a tinymlm run folder (no {name})")
+    try:
+        return json.loads(config_file.read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{config_file} is damaged ({e}); restore it or start a new run") from e
+
+
+def free_run_folder(out: str | None, default: str) -> Path:
+    """The run folder of a new run (made by the caller once its input is read): one that
+    already holds files is refused."""
+    run_dir = Path(out or default)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise UsageError(f"run folder {run_dir} already exists: use --resume {run_dir} to "
+                         "continue it, or choose another --out")
+    return run_dir
