@@ -64,7 +64,47 @@ def main() -> int:
             print(f"{name}: {problem}")
         failed += bool(found)
     print(f"checked {len(cases)} fused CUDA paths, {failed} with problems")
+    if not model_logits_are_kept_and_reusable(rng):
+        failed += 1
     return 1 if failed else 0
+
+
+def model_logits_are_kept_and_reusable(rng) -> bool:
+    """BertForMaskedLM with the CUDA cross-entropy kernel: out.logits survive backward, and a
+    loss that uses them again gets the reference path's gradients (float64, 1e-12)."""
+    from tinymlm import BertConfig, BertForMaskedLM
+
+    config = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=16,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    ids = rng.integers(5, 40, (2, 6))
+    labels = np.full((2, 6), -100)
+    labels[0, [1, 3]], labels[1, 2] = ids[0, [1, 3]], ids[1, 2]
+    state = {n: rng.standard_normal(p.shape) * 0.3
+             for n, p in BertForMaskedLM(config).named_parameters()}
+    mask = np.ones((2, 6), dtype=np.int64)
+    mask[1, 4:] = 0  # right padding
+    grads, ran = {}, {}
+    for mode in ("numba", "reference"):
+        model = BertForMaskedLM(config)
+        for n, p in model.named_parameters():
+            p.data = state[n].copy()
+        with use_kernels(mode):
+            out = model(ids, attention_mask=mask, labels=labels)
+            ran[mode] = type(out.loss._ctx).__name__
+            before = out.logits.numpy()
+            (out.loss + 0.01 * (out.logits * out.logits).sum()).backward()
+        if not np.array_equal(out.logits.data, before):
+            print(f"model ({mode}): backward() changed out.logits")
+            return False
+        grads[mode] = {n: p.grad for n, p in model.named_parameters()}
+    if ran != {"numba": "FusedCrossEntropy", "reference": "CrossEntropy"}:
+        print(f"model: the runs used {ran}")
+        return False
+    scale = max(np.abs(g).max() for g in grads["reference"].values())
+    worst = max(np.abs(grads["numba"][n] - g).max() / scale for n, g in grads["reference"].items())
+    print(f"model with the CUDA cross-entropy: worst gradient difference {worst:.2e}")
+    return worst <= 1e-12
 
 
 if __name__ == "__main__":
