@@ -154,6 +154,9 @@ def test_user_jsonl_from_scratch_is_reproducible(tmp_path):
         (["--task", "verify", "--model", "/no/such/folder"], "not a model folder"),
         (["--task", "verify", "--model", "none", "--steps", "0"], "--steps must be a positive"),
         (["--task", "verify", "--model", "none", "--lr", "-1"], "--lr must be a positive"),
+        (["--model", "none"], "--task is required"),
+        (["--task", "verify", "--model", "none", "--stop-after", "0"], "--stop-after must be"),
+        (["--task", "verify", "--model", "none", "--device", "tpu"], "--device"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(tmp_path, capsys, args, message):
@@ -193,3 +196,8 @@ def test_an_existing_run_folder_is_refused(tmp_path, capsys):
     (tmp_path / "run" / "x").write_text("keep me")
     assert ft.main(["--task", "verify", "--model", "none", "--out", str(tmp_path / "run")]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_resume_of_a_folder_that_is_no_run_exits_2(tmp_path, capsys):
+    assert ft.main(["--resume", str(tmp_path)]) == 2
+    assert "not a tinymlm run folder (no finetune_config.json)" in capsys.readouterr().err

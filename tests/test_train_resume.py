@@ -19,7 +19,7 @@ from tinymlm import train as train_module
 from tinymlm.autograd import Tensor, no_grad
 from tinymlm.nn import functional as F
 from tinymlm.nn.bert import BertModel
-from tinymlm.objectives import pretraining
+from tinymlm.objectives import FineTuning, pretraining
 from tinymlm.optim import AdamW
 
 TINY_RUN = [
@@ -213,3 +213,28 @@ def test_finetune_resume_refuses_new_settings(finetune_runs, capsys):
     _, resumed = finetune_runs
     assert finetune.main(["--resume", str(resumed), "--lr", "0.1"]) == 2
     assert "--resume continues a run" in capsys.readouterr().err
+
+
+def test_finetune_ctrl_c_saves_the_last_step_and_resumes_to_the_same_bytes(
+    finetune_runs, tmp_path, monkeypatch
+):
+    whole, _ = finetune_runs
+    config = json.loads((whole / "finetune_config.json").read_text())
+    interrupted = tmp_path / "interrupted"
+    real_batch = FineTuning.batch
+
+    def batch(self, step, micro):
+        if step == 5:  # Ctrl-C during step 5: step 4 is the last one done
+            raise KeyboardInterrupt
+        return real_batch(self, step, micro)
+
+    monkeypatch.setattr(FineTuning, "batch", batch)
+    argv = ["--task", config["task"], "--model", "none", *FINETUNE_RUN, "--out", interrupted]
+    with pytest.raises(SystemExit) as stopped:
+        finetune.main([str(a) for a in argv])
+    assert stopped.value.code == 130
+    assert json.loads((interrupted / "trainer_state.json").read_text())["step"] == 4
+    monkeypatch.setattr(FineTuning, "batch", real_batch)
+    assert finetune.main(["--resume", str(interrupted)]) == 0
+    for name in ("model.safetensors", "optimizer.safetensors", "trainer_state.json"):
+        assert (whole / name).read_bytes() == (interrupted / name).read_bytes(), name
