@@ -250,9 +250,11 @@ class ElectraForPretraining(Module):
         original_ids=None,
         generator=None,
     ) -> ElectraOutput:
-        """``input_ids`` (B, S) with masks, ``labels`` (B, S) (original id where masked, -100
-        elsewhere). ``original_ids`` defaults to the labels where masked and the input
-        elsewhere (what an MLM collator leaves untouched). ``generator`` draws the samples."""
+        """BERT's arguments in BERT's order, then ELECTRA's own. ``input_ids`` (B, S) with
+        masks, ``labels`` (B, S) (original id where masked, -100 elsewhere), so a collator's
+        batch goes in as ``model(**batch)``. ``original_ids`` defaults to the labels where
+        masked and the input elsewhere (what an MLM collator leaves untouched). ``generator``
+        draws the samples."""
         if labels is None:
             raise ValueError(
                 "ELECTRA pretraining needs labels: the original ids of the masked "
