@@ -4,6 +4,7 @@ The tests run in a child process (a fresh interpreter, so a crash or a hung kern
 take the rest of the check down, and a time limit can stop it) from the source tree, with a
 JUnit XML file as the machine-readable result. ``run(report, quick, timeout_s)`` fills
 ``report['gpu_tests']`` with the counts, the failing tests and the tail of pytest's output.
+Tests marked slow are left out (see ``pytest_command``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def pytest_command(junit_path: Path, quick: bool) -> list[str]:
-    marker = "gpu and not slow" if quick else "gpu"
+    # The slow GPU test (the training command stopped and resumed across devices, four runs)
+    # does not fit this section's time cap: run it on its own, pytest -m "gpu and slow".
+    marker = "gpu and not slow"
     return [
         sys.executable,
         "-m",

@@ -22,6 +22,11 @@ The same work on both sides:
   loss is the same, the work is not: the "dense head" row turns sparse prediction off for a
   like-for-like comparison.
 
+Per row, one more step is counted (``per_step`` in the JSON): how many times each fused
+kernel ran (``tinymlm.kernels.launch.launches``) and how many times an op took the reference
+path instead (``tinymlm.kernels.select`` answering None, and the fused attention declining a
+call, with its reason).
+
 Timing: CUDA events around each step, after warm-up steps (which also compile the Numba
 kernels and CuPy's elementwise kernels), median over the timed steps. tokens/s = B x S / the
 median step time (padding counted on both sides). Peak memory over one step: for CuPy, the
@@ -37,6 +42,7 @@ import math
 import os
 import sys
 import time
+from collections import Counter
 
 import numpy as np
 
@@ -261,6 +267,37 @@ def time_steps(step, clock, warmup: int, repeats: int) -> tuple[float, list[floa
     return float(np.median(times)), [float(loss) for loss in losses]
 
 
+def counted_step(step, synchronize) -> dict:
+    """Run ``step`` once more, counting fused kernel launches and reference-path decisions."""
+    from tinymlm import kernels
+    from tinymlm.kernels import attention, launch
+
+    reference = Counter()
+    select = getattr(kernels, "select", None)  # the dispatch table, where this tree has one
+
+    def counting_select(op, *arrays):
+        chosen = select(op, *arrays)
+        if chosen is None:
+            reference[op] += 1
+        return chosen
+
+    if select is not None:
+        kernels.select = counting_select
+    launch.reset_launch_counts()
+    attention.declined.clear()
+    try:
+        step()
+        synchronize()
+    finally:
+        if select is not None:
+            kernels.select = select
+    return {
+        "fused_kernel_launches": dict(launch.launches),
+        "reference_path_ops": dict(reference),
+        "attention_kernels_declined": dict(attention.declined),
+    }
+
+
 # ----------------------------------------------------------------------------------------------
 # The section
 # ----------------------------------------------------------------------------------------------
@@ -306,8 +343,9 @@ def torch_tf32_off(torch) -> dict:
         }
 
 
-def _row(shape, impl, ms, peak_mib, losses, tokens, from_start=True) -> dict:
+def _row(shape, impl, ms, peak_mib, losses, tokens, from_start=True, per_step=None) -> dict:
     return {
+        "per_step": per_step or {},
         "shape": shape,
         "impl": impl,
         "from_start": from_start,  # its first step started from the initial weights
@@ -346,10 +384,12 @@ def run_shape(name, layers, hidden, batch, cp, torch, quick, deadline, section) 
             with kernels.use_kernels(mode):
                 ms, losses = time_steps(step, clock, warmup, repeats)
                 peak = clock.peak_mib(step)
+                per_step = counted_step(step, clock.synchronize)
         except Exception as exc:  # one broken row must not cost the others
             section["errors"].append(f"{name} {impl}: {type(exc).__name__}: {exc}")
             continue
-        section["rows"].append(_row(name, impl, ms, peak, losses, tokens, from_start=i == 0))
+        row = _row(name, impl, ms, peak, losses, tokens, from_start=i == 0, per_step=per_step)
+        section["rows"].append(row)
     del model, step, batch_dev
     cp.get_default_memory_pool().free_all_blocks()
 
@@ -435,6 +475,19 @@ def format_lines(section: dict) -> list[str]:
         lines.append(
             f"| {r['shape']} | {r['impl']} | {r['ms_per_step']:.1f} | {r['tokens_per_s']:,.0f} | "
             f"{ratio} | {r['peak_mib']:,.0f} |"
+        )
+    lines.append("")
+    for r in section["rows"]:
+        counts = r.get("per_step")
+        if not counts:
+            continue
+        fused = ", ".join(f"{k} {n}" for k, n in sorted(counts["fused_kernel_launches"].items()))
+        ref = ", ".join(f"{k} {n}" for k, n in sorted(counts["reference_path_ops"].items()))
+        why = ", ".join(f"{k} {n}" for k, n in counts["attention_kernels_declined"].items())
+        lines.append(
+            f"per step, {r['shape']} {r['impl']}: fused kernels ran {fused or 'never'}; "
+            f"reference path taken by {ref or 'no op'}"
+            + (f"; fused attention declined: {why}" if why else "")
         )
     lines.append("")
     for c in section["parity"]:

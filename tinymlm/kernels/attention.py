@@ -45,6 +45,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections import Counter
 from functools import cache
 
 import numpy as np
@@ -451,15 +452,22 @@ def _lengths_from_mask(mask, seq: int):
     return _last_mask[1]
 
 
+# Why the kernels declined a call since the last clear(): the GPU check reports it per step.
+declined: Counter = Counter()
+
+
 def fused_attention_or_none(q, k, v, attention_mask, scale: float, only_if_faster=False):
     """``FusedAttention`` for ``F.scaled_dot_product_attention``, or None when the kernels
     cannot run these inputs (dtype, head dim, left or inner padding, an all-padding sequence)
     and the caller should use the reference path. With ``only_if_faster`` (kernels="auto")
-    also None where the reference path measured faster for this shape."""
+    also None where the reference path measured faster for this shape. Each None is counted
+    in :data:`declined` by its reason."""
     raw_q, raw_k, raw_v = (a.data if isinstance(a, Tensor) else a for a in (q, k, v))
     if not (supports(raw_q) and raw_q.shape == raw_k.shape == raw_v.shape):
+        declined["dtype or shape"] += 1
         return None
     if raw_k.dtype != raw_q.dtype or raw_v.dtype != raw_q.dtype:
+        declined["dtype or shape"] += 1
         return None
     batch, _, seq, _ = raw_q.shape
     if attention_mask is None:
@@ -467,11 +475,14 @@ def fused_attention_or_none(q, k, v, attention_mask, scale: float, only_if_faste
         lengths = xp.full((batch,), seq, dtype=np.int32)
     else:
         if attention_mask.shape != (batch, seq):
+            declined["mask shape"] += 1
             return None
         lengths = _lengths_from_mask(attention_mask, seq)
         if lengths is None:
+            declined["not right padding, or a sequence with no real token"] += 1
             return None
     if only_if_faster and not fused_attention_is_faster(raw_q):
+        declined["measured slower for this shape"] += 1
         return None
     return FusedAttention.apply(q, k, v, lengths=lengths, scale=scale)
 
