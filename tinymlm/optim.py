@@ -155,7 +155,10 @@ def clip_grad_norm_(params, max_norm: float):
     if not grads:
         return np.zeros(())
     xp = backend.get_array_module(grads[0])
-    total = xp.sqrt(sum(xp.vdot(g.ravel(), g.ravel()) for g in grads))
+    # One launch per gradient for its sum of squares, then one to stack them and one to add
+    # them up (a Python sum of 0-d device arrays would launch once per addition).
+    squares = xp.stack([xp.vdot(g.ravel(), g.ravel()) for g in grads])  # (P,)
+    total = xp.sqrt(squares.sum())
     coef = xp.minimum(max_norm / (total + 1e-6), 1.0).astype(grads[0].dtype)
     for g in grads:
         g *= coef
