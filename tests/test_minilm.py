@@ -2,8 +2,8 @@
 
 tinymlm's BertModel loads the sentence-transformers checkpoint and gives transformers' hidden
 states to float32 precision on a padded batch; mean pooling + cosine similarity then rank a
-paraphrase above an unrelated sentence, as the model was trained to. The pooling and cosine
-helpers are also checked on their own (those tests need neither the wheel nor transformers).
+paraphrase above an unrelated sentence, as the model was trained to. (The pooling and cosine
+helpers are checked on their own in tests/test_sentence_encoder.py.)
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinymlm.autograd import Tensor
-from tinymlm.pretrained import cosine_similarity, mean_pooling, minilm_path
+from tinymlm.pretrained import minilm_path
+from tinymlm.sentence_encoder import cosine_similarity, mean_pooling
 
 ANCHOR = "A man is playing a guitar."
 PARAPHRASE = "Someone plays an instrument."
@@ -29,38 +29,6 @@ TEXTS = [
     "Héllo, wörld!! A naïve café in São Paulo — isn't it 100% great?",
     "ok",
 ]
-
-# --- the helpers, against loops written out -------------------------------------------------------
-
-
-def test_mean_pooling_averages_only_real_tokens():
-    rng = np.random.default_rng(0)
-    hidden = rng.standard_normal((3, 4, 5)).astype(np.float32)
-    mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [0, 0, 0, 0]])
-    pooled = mean_pooling(hidden, mask)
-    assert pooled.shape == (3, 5) and pooled.dtype == np.float32
-    for b in range(2):
-        real = [hidden[b, s] for s in range(4) if mask[b, s]]
-        np.testing.assert_allclose(pooled[b], np.mean(real, axis=0), rtol=1e-6)
-    np.testing.assert_array_equal(pooled[2], 0.0)  # no real token: zeros, not NaN
-    np.testing.assert_array_equal(mean_pooling(Tensor(hidden), mask), pooled)
-    with pytest.raises(ValueError, match="attention_mask"):
-        mean_pooling(hidden, mask[:, :3])
-
-
-def test_cosine_similarity_of_rows_and_vectors():
-    rng = np.random.default_rng(1)
-    a, b = rng.standard_normal((2, 4, 6))
-    got = cosine_similarity(a, b)
-    for i in range(4):
-        expected = a[i] @ b[i] / np.sqrt((a[i] @ a[i]) * (b[i] @ b[i]))
-        assert got[i] == pytest.approx(expected, rel=1e-12)
-    assert cosine_similarity(a[0], a[0] * 3.0) == pytest.approx(1.0)
-    assert cosine_similarity(a[0], -a[0]) == pytest.approx(-1.0)
-    assert cosine_similarity(np.zeros(6), a[0]) == 0.0
-    with pytest.raises(ValueError, match="sizes differ"):
-        cosine_similarity(a, b[:, :5])
-
 
 def test_minilm_path_is_none_without_the_wheel(monkeypatch):
     import tinymlm.pretrained as pretrained

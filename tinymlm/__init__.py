@@ -34,4 +34,8 @@ def __getattr__(name):
         from tinymlm.tokenizer import BertTokenizer
 
         return BertTokenizer
+    if name == "SentenceEncoder":
+        from tinymlm.sentence_encoder import SentenceEncoder
+
+        return SentenceEncoder
     raise AttributeError(f"module 'tinymlm' has no attribute {name!r}")

@@ -31,7 +31,8 @@ import matplotlib.pyplot as plt
 from tinymlm import Tensor, no_grad
 from tinymlm import BertConfig, BertModel, BertTokenizer
 from tinymlm.nn.bert import BertLayer, BertSelfAttention
-from tinymlm.pretrained import minilm_path, mean_pooling, cosine_similarity
+from tinymlm.pretrained import minilm_path
+from tinymlm.sentence_encoder import mean_pooling, cosine_similarity
 import tinymlm.nn.functional as F
 
 rng = np.random.default_rng(0)
