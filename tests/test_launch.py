@@ -51,8 +51,24 @@ class FakeCupyArray:
     def __len__(self):
         return len(self.array)
 
+    def __bool__(self):  # CuPy waits for the device here; this fake has nothing to wait for
+        return bool(self.array)
+
     def __repr__(self):
         return f"FakeCupyArray({self.array!r})"
+
+
+def _operator(name):
+    def apply(self, *others):
+        return _wrap(getattr(self.array, name)(*(_unwrap(o) for o in others)))
+
+    return apply
+
+
+for _name in ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__and__", "__or__",
+              "__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__",
+              "__truediv__", "__rtruediv__", "__neg__", "__invert__"):  # fmt: skip
+    setattr(FakeCupyArray, _name, _operator(_name))
 
 
 def _unwrap(value):
@@ -208,6 +224,30 @@ def test_attention_forward_and_backward_launch_on_cupys_stream(real_branch, head
         assert_launch(call, name, grid, block)
     lengths_arg = real_branch[0]["args"][3]
     assert lengths_arg.dtype == np.int32  # the kernels index with int32 lengths
+
+
+def test_attention_layers_share_one_lengths_array_made_from_the_mask(real_branch, monkeypatch):
+    """The model's layers all pass the same mask: its lengths are computed once (one device
+    sync per batch) and reach every layer's four kernels as the same array, not re-clipped and
+    re-cast (two launches) per call."""
+    from tinymlm import backend
+    from tinymlm.autograd import Tensor
+
+    monkeypatch.setattr(backend, "_cupy", None)  # the fake CuPy, for the autograd engine too
+    shape = (2, 2, 40, 32)
+    mask = device((np.arange(40)[None, :] < np.array([40, 7])[:, None]).astype(np.int64))
+    for _layer in range(2):
+        q, k, v = (Tensor(device(np.zeros(shape, np.float32)), requires_grad=True)
+                   for _ in range(3))  # fmt: skip
+        out = attention.fused_attention_or_none(q, k, v, mask, 0.125)
+        assert out is not None
+        out.backward(device(np.ones(shape, np.float32)))
+    kernels_lengths = [c["args"][3] if c["kernel"] == "attention_forward_kernel" else c["args"][6]
+                       for c in real_branch if c["kernel"] != "attention_delta_kernel"]  # fmt: skip
+    assert len(kernels_lengths) == 6
+    assert all(lengths is kernels_lengths[0] for lengths in kernels_lengths)
+    np.testing.assert_array_equal(kernels_lengths[0].array, [40, 7])
+    assert kernels_lengths[0].dtype == np.int32
 
 
 def test_adamw_launches_once_per_parameter_on_cupys_stream(real_branch):

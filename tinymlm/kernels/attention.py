@@ -358,6 +358,10 @@ def _empty(xp, shape):
 
 def _lengths(xp, lengths, batch: int, seq: int):
     """(B,) int32 on the arrays' device, clipped to [0, S] (no device sync)."""
+    if lengths is not None and lengths is _last_mask[1]:
+        # Made by _lengths_from_mask: int32 in [1, S] already, and the same array for every
+        # layer's forward and backward; preparing it again would cost two launches per call.
+        return lengths
     lengths = xp.asarray(lengths)
     if lengths.shape != (batch,):
         raise ValueError(f"lengths must be (B,) = ({batch},), got shape {lengths.shape}")
