@@ -148,6 +148,20 @@ def test_embedding_gradient_sums_repeated_ids(rng):
     assert np.all(w.grad[2] == 0.0)  # id 2 never appears
 
 
+@pytest.mark.parametrize("mode", ["reference", "numba"])
+def test_the_padding_row_gets_no_gradient(mode, rng):
+    # PyTorch's padding_idx rule: positions holding the padding id send their gradient nowhere.
+    w = Tensor(rng.standard_normal((4, 3)), requires_grad=True)
+    g = rng.standard_normal((2, 3, 3))
+    with kernels.use_kernels(mode):
+        F.embedding(IDS_REPEATED, w, padding_idx=0).backward(g)
+    assert np.any(IDS_REPEATED == 0) and np.all(w.grad[0] == 0.0)
+    expected = np.zeros((4, 3))
+    for position, token in np.ndenumerate(IDS_REPEATED):
+        expected[token] += g[position] if token != 0 else 0.0
+    np.testing.assert_allclose(w.grad, expected, rtol=1e-14)
+
+
 # --- edge cases ------------------------------------------------------------------------------
 
 

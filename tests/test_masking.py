@@ -121,6 +121,17 @@ def test_exact_count(prose):
         assert (batch["labels"] != -100).sum(axis=1).tolist() == expected
 
 
+def test_exact_count_predicts_one_token_of_a_short_row(prose):
+    # round(0.15 * 3) = 0: Google's rule still predicts one token (max(1, ...)).
+    tok, ids, _ = prose
+    words = [i for i in ids[0].tolist() if i not in set(tok.all_special_ids)][:3]
+    row = np.array([[tok.cls_token_id, *words, tok.sep_token_id, tok.pad_token_id]])
+    mask = (row != tok.pad_token_id).astype(np.int64)
+    for seed in range(5):
+        batch = MLMCollator(tok, strategy="exact", seed=seed)(row, mask)
+        assert (batch["labels"] != -100).sum() == 1
+
+
 def word_groups(tok, row_ids, row_candidates):
     """Lists of positions, one per word, found by reading the token strings."""
     groups = []
