@@ -287,3 +287,30 @@ def test_kernels_carry_their_launch_bound():
 )  # fmt: skip
 def test_registers_fit_a_block(registers, block, fits):
     assert launch.registers_fit(registers, block) is fits
+
+
+def test_compiled_resources_lists_every_specialization(monkeypatch):
+    """What the GPU check reports per compiled kernel, read from each specialization (here a
+    stand-in for what the driver says after compiling on a GPU)."""
+
+    def fake(name, bound, **overloads):
+        kernel = types.SimpleNamespace(py_func=types.SimpleNamespace(__name__=name),
+                                       max_block=bound, overloads={})  # fmt: skip
+        for signature, (registers, local, shared) in overloads.items():
+            kernel.overloads[(signature,)] = types.SimpleNamespace(
+                regs_per_thread=registers, local_mem_per_thread=local, shared_mem_per_block=shared
+            )
+        return kernel
+
+    monkeypatch.setattr(launch, "_built", [
+        fake("cross_entropy_backward", 1024, f64=(64, 0, 0), f32=(28, 0, 0)),
+        fake("too_greedy", 1024, f32=(72, 16, 0)),
+        fake("never_compiled", 64),
+    ])  # fmt: skip
+    rows = launch.compiled_resources()
+    assert [(r["kernel"], r["signature"], r["registers_fit"]) for r in rows] == [
+        ("cross_entropy_backward", "f64", True),
+        ("cross_entropy_backward", "f32", True),
+        ("too_greedy", "f32", False),
+    ]
+    assert rows[2]["local_bytes_per_thread"] == 16 and rows[0]["launch_bound"] == 1024
