@@ -26,6 +26,7 @@ from tinymlm import backend, kernels
 from tinymlm.autograd import Tensor
 from tinymlm.nn import functional as F
 from tinymlm.nn.bert import BertConfig, BertForMaskedLM
+from tinymlm.nn.module import Parameter
 from tinymlm.optim import AdamW, clip_grad_norm_, param_groups
 
 ON_CPU = os.environ.get("TINYMLM_GPU_TESTS_ON_CPU") == "1"
@@ -298,6 +299,63 @@ def test_attention_dropout_on_the_gpu_is_seeded():
         backend.manual_seed(seed)
         outs.append(F.scaled_dot_product_attention(q, k, v, dropout_p=0.3).numpy())
     assert np.array_equal(outs[0], outs[1]) and not np.array_equal(outs[0], outs[2])
+
+
+# --- the launch path on the device ---------------------------------------------------------
+
+
+@needs_cupy
+def test_kernels_run_in_order_on_cupys_current_stream():
+    """On a non-default CuPy stream, each kernel reads what the CuPy work queued before it on
+    that stream wrote, with no synchronisation in between: the launches use CuPy's stream."""
+    cp = backend.cupy_module()
+    from tinymlm.kernels import attention, launch
+    from tinymlm.kernels import cross_entropy as ce
+
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((64, 3000)).astype(np.float32)  # (M, V)
+    targets = rng.integers(0, 3000, 64)
+    q = rng.standard_normal((2, 3, 50, 32)).astype(np.float32)  # (B, H, S, d)
+    with cp.cuda.Stream(non_blocking=True) as stream:
+        assert int(launch.current_stream()) == stream.ptr
+        x = cp.asarray(logits) * np.float32(3.0)  # queued on the stream, then read at once
+        loss, lse = ce.cuda_forward(x, cp.asarray(targets))
+        d = cp.asarray(q) * np.float32(0.5)
+        out, _ = attention.attention_forward(d, d, d, cp.asarray([50, 7]), 0.25)
+        stream.synchronize()
+    scaled = 3.0 * logits.astype(np.float64)
+    m = scaled.max(axis=1)
+    want_lse = m + np.log(np.exp(scaled - m[:, None]).sum(axis=1))
+    np.testing.assert_allclose(backend.to_numpy(lse), want_lse, rtol=1e-5)
+    np.testing.assert_allclose(
+        backend.to_numpy(loss), want_lse - scaled[np.arange(64), targets], rtol=1e-4, atol=1e-4
+    )
+    assert np.isfinite(backend.to_numpy(out)).all()
+
+
+@needs_cupy
+def test_adamw_kernel_equals_the_cupy_operator_update():
+    """The fused CUDA AdamW against the reference path's CuPy operators, five steps."""
+    cp = backend.cupy_module()
+    from tinymlm.kernels import adamw
+
+    rng = np.random.default_rng(1)
+    start = rng.standard_normal((257, 33)).astype(np.float32)
+    grads = [rng.standard_normal(start.shape).astype(np.float32) for _ in range(5)]
+    reference = Parameter(cp.asarray(start))
+    optimizer = AdamW([reference], lr=1e-3, weight_decay=0.01)
+    with kernels.use_kernels("reference"):
+        for g in grads:
+            reference.grad = cp.asarray(g)
+            optimizer.step()
+    p = cp.asarray(start)
+    m, v = cp.zeros(start.shape, np.float32), cp.zeros(start.shape, np.float32)
+    for t, g in enumerate(grads, start=1):
+        assert adamw.adamw_step(p, cp.asarray(g), m, v, lr=1e-3, beta1=0.9, beta2=0.999,
+                                eps=1e-8, weight_decay=0.01, step_size=1e-3 / (1 - 0.9**t),
+                                correction2=math.sqrt(1 - 0.999**t))  # fmt: skip
+    np.testing.assert_allclose(backend.to_numpy(p), backend.to_numpy(reference.data), rtol=1e-6,
+                               atol=1e-7)  # fmt: skip
 
 
 # --- checkpoints across devices -------------------------------------------------------------
