@@ -24,6 +24,20 @@ def _cuda_version(number: int) -> str:
     return f"{number // 1000}.{number % 1000 // 10}"
 
 
+def numba_cuda_note(section: dict) -> str:
+    """numba-cuda before 0.25 hands CuPy arrays to kernels through __cuda_array_interface__,
+    synchronising the stream once per argument per launch: slow, not wrong."""
+    from importlib import metadata
+
+    version = metadata.version("numba-cuda")
+    major_minor = tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
+    section["numba_cuda_dlpack"] = major_minor >= (0, 25)
+    if section["numba_cuda_dlpack"]:
+        return f"numba-cuda {version}: CuPy arrays reach kernels by DLPack, no sync per argument"
+    return (f"numba-cuda {version} (below 0.25): every CuPy argument synchronises the stream; "
+            "the timings are slower than they need be")  # fmt: skip
+
+
 def run(report: dict, quick: bool) -> list[str]:
     section = report.setdefault("smoke", {})
     lines = []
@@ -81,6 +95,7 @@ def run(report: dict, quick: bool) -> list[str]:
     section["seconds"] = round(time.perf_counter() - started, 2)
     for what, ok in checks.items():
         lines.append(f"{what}: {'ok' if ok else 'FAILED'}")
+    lines.append(numba_cuda_note(section))
     lines.append(f"first Numba kernel (compile + launch): {section['numba_first_kernel_s']} s")
     return lines
 
