@@ -314,3 +314,54 @@ def test_compiled_resources_lists_every_specialization(monkeypatch):
         ("too_greedy", "f32", False),
     ]
     assert rows[2]["local_bytes_per_thread"] == 16 and rows[0]["launch_bound"] == 1024
+
+
+def load_lab(name: str):
+    """A lab file (``kernels/NAME.py``) as a module, outside the simulator."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "kernels" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"lab_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_lab_cross_entropy_variant_launches_through_the_helper(real_branch, monkeypatch):
+    lab = load_lab("cross_entropy")
+    for name in ("naive_forward", "naive_backward"):
+        monkeypatch.setattr(lab, name, Recorder(getattr(lab, name), real_branch))
+    two_pass = lab.two_pass_forward
+    monkeypatch.setattr(lab, "two_pass_forward", lambda b: Recorder(two_pass(b), real_branch))
+    logits = device(np.zeros((5, 77), np.float32))
+    targets = device(np.array([1, -100, 3, 4, 76]))
+    for name in ("v1", "v2", "v3", "v4", "v5"):
+        forward, backward = lab.variant(name, 256)
+        _, lse = forward(logits, targets)
+        backward(logits, targets, lse, device(np.float32([0.5])))
+    assert len(real_branch) == 10
+    for call in real_branch:
+        grid = 1 if call["kernel"].startswith("naive") else 5  # v1: a thread per row
+        assert_launch(call, call["kernel"], grid, 256)
+
+
+def test_every_lab_attention_variant_launches_through_the_helper(real_branch, monkeypatch):
+    lab = load_lab("attention")
+    monkeypatch.setattr(lab, "naive_forward_kernel",
+                        Recorder(lab.naive_forward_kernel, real_branch))  # fmt: skip
+    tiled = lab.tiled_forward_kernel
+    monkeypatch.setattr(lab, "tiled_forward_kernel",
+                        lambda *a: Recorder(tiled(*a), real_branch))  # fmt: skip
+    q = device(np.zeros((2, 1, 21, 32), np.float32))
+    lengths = np.array([21, 0])
+    for forward in lab.FORWARD.values():
+        forward(q, q, q, lengths, 0.2)
+    for backward in lab.BACKWARD.values():
+        backward(q, q, q, q, lengths, 0.2)
+    kernels = [c["kernel"] for c in real_branch]
+    assert kernels[:2] == ["naive_forward_kernel", "tiled_forward_kernel"]
+    assert kernels.count("attention_forward_kernel") == 3 + 2  # v3-v5, then v3 and v5 again
+    assert kernels.count("attention_dq_kernel") == 2
+    for call in real_branch:
+        assert_launch(call, call["kernel"], call["grid"], call["block"])
