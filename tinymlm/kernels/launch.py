@@ -25,6 +25,7 @@ Every Numba CUDA kernel of the package (and of the lab, ``kernels/``) is made wi
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from functools import lru_cache
 
@@ -82,7 +83,7 @@ def launch(kernel, grid, block: int, *args) -> None:
     ``grid`` is an int or a tuple; an empty grid launches nothing (CUDA refuses a zero-sized
     grid, and there is no work).
     """
-    if np.prod(grid) == 0:
+    if (grid if isinstance(grid, int) else math.prod(grid)) == 0:  # plain Python: no array
         return
     bound = getattr(kernel, "max_block", MAX_THREADS_PER_BLOCK)
     if block > bound:
