@@ -23,6 +23,11 @@ layout of ``tinymlm.train``'s: a Hugging Face model folder at its top level (thr
 trainer state, saved at every evaluation: ``--stop-after K`` then ``--resume DIR`` ends with
 the bytes of an uninterrupted run, as in pretraining.
 
+``--task retrieval`` (or a .jsonl file of ``{"query", "passage"}`` pairs) trains a sentence
+encoder contrastively instead (``tinymlm.objectives.ContrastiveTraining``: InfoNCE with
+in-batch negatives, ``--temperature``, ``--learn-temperature``, ``--simcse``, ``--pooling``);
+its run folder is a sentence-transformers folder that ``python -m tinymlm.search`` loads.
+
 This module is the command line; the objective is ``tinymlm.objectives.FineTuning`` and the
 loop ``tinymlm.trainer``.
 """
@@ -40,7 +45,14 @@ from tinymlm import cli, kernels
 from tinymlm.data import tasks as task_data
 from tinymlm.errors import UsageError
 from tinymlm.fileio import atomic_write_json
-from tinymlm.objectives import MODEL_SIZES, FinetuneConfig, FineTuning
+from tinymlm.objectives import (
+    MODEL_SIZES,
+    ContrastiveConfig,
+    ContrastiveTraining,
+    FinetuneConfig,
+    FineTuning,
+)
+from tinymlm.objectives.contrastive import CONTRASTIVE_OPTIONS, is_retrieval
 from tinymlm.trainer import LoopSettings, Trainer
 
 COMMAND = "python -m tinymlm.finetune"
@@ -58,6 +70,22 @@ def loop_settings(cfg: FinetuneConfig) -> LoopSettings:
     )
 
 
+def make_config(**settings) -> FinetuneConfig | ContrastiveConfig:
+    """A contrastive config for retrieval (``--task retrieval`` or a file of pairs), a
+    fine-tuning one otherwise; the contrastive options are refused there."""
+    if is_retrieval(settings.get("task"), settings.get("task_type")):
+        return ContrastiveConfig(**settings)
+    given = sorted(k for k in CONTRASTIVE_OPTIONS if k in settings)
+    if given:
+        raise UsageError(f"--{given[0].replace('_', '-')} is for --task retrieval (contrastive "
+                         "training of a sentence encoder)")
+    return FinetuneConfig(**settings)
+
+
+def make_objective(cfg, log):
+    return (ContrastiveTraining if isinstance(cfg, ContrastiveConfig) else FineTuning)(cfg, log)
+
+
 def _fit(cfg: FinetuneConfig, objective: FineTuning, run_dir: Path, device: str, resume: bool,
          stop_after: int | None, log) -> dict:
     trainer = Trainer(objective, loop_settings(cfg), run_dir, device=device, log=log,
@@ -72,11 +100,11 @@ def finetune(task, model="none", out=None, device: str = "cpu", stop_after: int 
     ``settings`` are FinetuneConfig's fields (steps, batch_size, lr, seed, ...). Returns the
     final evaluation metrics; the run folder is ``out`` (default runs/finetune-<task>-<time>)."""
     log = settings.pop("log", None) or cli.log
-    cfg = FinetuneConfig(task=str(task), model=str(model), **settings)
+    cfg = make_config(task=str(task), model=str(model), **settings)
     cfg.check()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = cli.free_run_folder(out, f"runs/finetune-{Path(cfg.task).stem}-{stamp}")
-    objective = FineTuning(cfg, log)  # bad data is reported before anything is written
+    objective = make_objective(cfg, log)  # bad data is reported before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / CONFIG_FILE, asdict(cfg))
     log(f"run folder: {run_dir}")
@@ -86,9 +114,9 @@ def finetune(task, model="none", out=None, device: str = "cpu", stop_after: int 
 def resume(run_dir, device: str = "cpu", stop_after: int | None = None, log=None) -> dict:
     """Continue the fine-tuning run saved in ``run_dir`` with its saved settings."""
     log = log or cli.log
-    cfg = FinetuneConfig(**cli.saved_settings(Path(run_dir), CONFIG_FILE))
+    cfg = make_config(**cli.saved_settings(Path(run_dir), CONFIG_FILE))
     log(f"run folder: {run_dir}")
-    return _fit(cfg, FineTuning(cfg, log), Path(run_dir), device, True, stop_after, log)
+    return _fit(cfg, make_objective(cfg, log), Path(run_dir), device, True, stop_after, log)
 
 
 # --- the command line ----------------------------------------------------------------------------
@@ -98,10 +126,11 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog=COMMAND, description=__doc__.split("\n")[0])
     d = FinetuneConfig()
     p.add_argument("--task", default=None,
-                   help="verify, entities, qa, or a .jsonl file of your examples (required)")
+                   help="verify, entities, qa, retrieval, or a .jsonl file of your examples "
+                   "(required)")
     p.add_argument("--model", default=None, help="a pretrained model folder, or 'none' for a "
                    "randomly initialised encoder (required)")
-    p.add_argument("--task-type", choices=list(task_data.TASK_TYPES), default=None,
+    p.add_argument("--task-type", choices=[*task_data.TASK_TYPES, "retrieval"], default=None,
                    help="the kind of a .jsonl task (default: guessed from its keys)")
     p.add_argument("--eval", dest="eval_data", default=None, metavar="FILE",
                    help="evaluation examples for a .jsonl task (default: a tenth held out)")
@@ -114,6 +143,16 @@ def parse_args(argv):
         default = getattr(d, name.replace("-", "_"))
         p.add_argument(f"--{name}", type=kind, default=None, help=f"default {default}")
     p.add_argument("--kernels", choices=list(kernels.MODES), default=None)
+    c = ContrastiveConfig()  # --task retrieval only
+    p.add_argument("--pooling", choices=["mean", "cls"], default=None,
+                   help=f"retrieval: how tokens become a sentence vector, default {c.pooling}")
+    p.add_argument("--temperature", type=float, default=None,
+                   help=f"retrieval: InfoNCE's temperature (its start when learned), default "
+                   f"{c.temperature}")
+    p.add_argument("--learn-temperature", action="store_true", default=None,
+                   help="retrieval: train the temperature with the model")
+    p.add_argument("--simcse", action="store_true", default=None,
+                   help="retrieval: each passage is its own positive, through other dropout")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", default=None,
                    help="the run folder (default runs/finetune-<task>-<time>)")

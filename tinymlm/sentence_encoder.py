@@ -215,16 +215,6 @@ class SentenceEncoder:
         hidden = self.model(batch["input_ids"], batch["attention_mask"]).last_hidden_state
         return POOLING[self.pooling](hidden, batch["attention_mask"])  # (B, H)
 
-    def tokenize(self, texts: list[str]) -> list[np.ndarray]:
-        """Each text's ids, [CLS] ... [SEP], cut to ``max_seq_length``."""
-        rows = []
-        for start in range(0, len(texts), _TOKENIZE_CHUNK):
-            enc = self.tokenizer(texts[start : start + _TOKENIZE_CHUNK], padding=True,
-                                 truncation=True, max_length=self.max_seq_length)
-            lengths = enc["attention_mask"].sum(axis=1)  # (chunk,)
-            rows.extend(ids[:n] for ids, n in zip(enc["input_ids"], lengths))
-        return rows
-
     def encode(self, texts, batch_size: int = 32, normalize: bool = True,
                progress: bool | None = None) -> np.ndarray:
         """Embeddings of ``texts`` (a list of strings; one string counts as a list of one):
@@ -241,7 +231,7 @@ class SentenceEncoder:
             raise TypeError("encode takes a list of strings")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        rows = self.tokenize(texts)
+        rows = tokenize(self.tokenizer, texts, self.max_seq_length)
         order = np.argsort([-len(r) for r in rows], kind="stable")  # longest first
         out = np.empty((len(texts), self.dimension), dtype=np.float32)  # (N, H)
         starts = range(0, len(texts), batch_size)
@@ -285,6 +275,17 @@ class SentenceEncoder:
             {"idx": i, "name": name, "path": sub, "type": f"sentence_transformers.models.{kind}"}
             for i, (name, sub, kind) in enumerate(modules)
         ])
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int) -> list[np.ndarray]:
+    """Each text's ids, [CLS] ... [SEP], cut to ``max_length`` tokens."""
+    rows = []
+    for start in range(0, len(texts), _TOKENIZE_CHUNK):
+        enc = tokenizer(texts[start : start + _TOKENIZE_CHUNK], padding=True, truncation=True,
+                        max_length=max_length)
+        lengths = enc["attention_mask"].sum(axis=1)  # (chunk,)
+        rows.extend(ids[:n] for ids, n in zip(enc["input_ids"], lengths))
+    return rows
 
 
 def pad(rows: list[np.ndarray], pad_id: int) -> dict:

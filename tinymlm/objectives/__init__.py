@@ -5,11 +5,13 @@
     MaskedLanguageModeling   BERT's masked-token prediction            (pretraining)
     ElectraPretraining       generator + replaced-token detection      (pretraining)
     FineTuning               a classification, tagging or QA head      (fine-tuning)
+    ContrastiveTraining      InfoNCE on query-passage pairs, SimCSE    (sentence embeddings)
 
 ``PRETRAINING`` names the objectives ``python -m tinymlm.train --objective`` offers.
 """
 
 from tinymlm.objectives.base import MODEL_SIZES, Objective, bert_config, train_flops
+from tinymlm.objectives.contrastive import ContrastiveConfig, ContrastiveTraining
 from tinymlm.objectives.electra import ElectraPretraining
 from tinymlm.objectives.finetuning import FinetuneConfig, FineTuning
 from tinymlm.objectives.pretraining import (
@@ -25,6 +27,8 @@ PRETRAINING = {"mlm": MaskedLanguageModeling, "electra": ElectraPretraining}
 __all__ = [
     "MODEL_SIZES",
     "PRETRAINING",
+    "ContrastiveConfig",
+    "ContrastiveTraining",
     "Corpus",
     "ElectraPretraining",
     "FineTuning",
