@@ -46,6 +46,13 @@ def dropout_attention(q, k, v):
     )
 
 
+def causal_attention(q, k, v, dropout_p=0.0):
+    generator = np.random.default_rng(3)
+    return F.scaled_dot_product_attention(
+        q, k, v, padded_mask(3, 5), dropout_p=dropout_p, generator=generator, is_causal=True
+    )
+
+
 TARGETS = np.array([3, -100, 0, 6, -100, 2])  # ignored rows included
 
 CASES = {
@@ -55,6 +62,9 @@ CASES = {
     "attention": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, padded_mask(3, 5)),
                   [(3, 2, 5, 4)] * 3, "FusedAttention"),
     "attention_dropout": (dropout_attention, [(3, 2, 5, 4)] * 3, "FusedAttention"),
+    "attention_causal": (causal_attention, [(3, 2, 5, 4)] * 3, "FusedAttention"),
+    "attention_causal_dropout": (lambda q, k, v: causal_attention(q, k, v, dropout_p=0.2),
+                                 [(3, 2, 5, 4)] * 3, "FusedAttention"),
     "cross_entropy": (lambda x: F.cross_entropy(x, TARGETS), [(6, 9)],
                       "FusedCrossEntropy"),
     "linear_cross_entropy": (

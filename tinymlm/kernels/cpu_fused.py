@@ -65,7 +65,8 @@ def supported(*arrays) -> bool:
 # --- attention ------------------------------------------------------------------------------------
 
 
-def _attention_forward(q, k, v, key_penalty, keep, keep_scale, scale, p, out):
+def _attention_forward(q, k, v, key_penalty, causal, n_keys, lowest, keep, keep_scale, scale, p,
+                       out):
     B, nh, S, d = q.shape
     dropout = keep.shape[0] > 0
     for n in prange(B * nh):
@@ -73,25 +74,30 @@ def _attention_forward(q, k, v, key_penalty, keep, keep_scale, scale, p, out):
         for i in range(S):
             qi = q[b, h, i]  # (d,)
             prow = p[b, h, i]  # (S,) scores, then probabilities
-            for j in range(S):
+            row_keys = n_keys[b, i]  # keys [row_keys, S) have weight 0: never computed
+            for j in range(row_keys):
                 kj = k[b, h, j]
                 acc = qi[0] * kj[0]
                 for c in range(1, d):
                     acc += qi[c] * kj[c]
-                prow[j] = acc * scale + key_penalty[b, j]
+                # a causal row reads a key after i only when it sees no real key (see
+                # _keys_per_row): that key is masked like a padded one, as in the reference
+                prow[j] = acc * scale + (lowest if causal and j > i else key_penalty[b, j])
             m = prow[0]
-            for j in range(1, S):
+            for j in range(1, row_keys):
                 m = max(m, prow[j])
             total = prow[0] - prow[0]  # a zero of the arrays' dtype
-            for j in range(S):
+            for j in range(row_keys):
                 e = kernel_exp(prow[j] - m)
                 prow[j] = e
                 total += e
-            for j in range(S):
+            for j in range(row_keys):
                 prow[j] = prow[j] / total
+            for j in range(row_keys, S):
+                prow[j] = 0  # the saved P holds the whole row, as the reference's does
             oi = out[b, h, i]  # (d,)
             oi[:] = 0
-            for j in range(S):
+            for j in range(row_keys):
                 w = prow[j]
                 if dropout:
                     w = w * keep_scale if keep[b, h, i, j] else w - w
@@ -101,7 +107,7 @@ def _attention_forward(q, k, v, key_penalty, keep, keep_scale, scale, p, out):
                         oi[c] += w * vj[c]
 
 
-def _attention_backward(q, k, v, p, keep, keep_scale, scale, g, gq, gk, gv):
+def _attention_backward(q, k, v, p, n_keys, keep, keep_scale, scale, g, gq, gk, gv):
     B, nh, S, d = q.shape
     dropout = keep.shape[0] > 0
     for n in prange(B * nh):
@@ -113,7 +119,8 @@ def _attention_backward(q, k, v, p, keep, keep_scale, scale, g, gq, gk, gv):
             gi = g[b, h, i]  # (d,)
             prow = p[b, h, i]  # (S,)
             row_dot = prow[0] - prow[0]  # Σ_j dP_ij P_ij
-            for j in range(S):
+            row_keys = n_keys[b, i]  # P_ij = 0 beyond: no term of dQ, dK or dV
+            for j in range(row_keys):
                 vj = v[b, h, j]
                 acc = gi[0] * vj[0]
                 for c in range(1, d):
@@ -135,7 +142,7 @@ def _attention_backward(q, k, v, p, keep, keep_scale, scale, g, gq, gk, gv):
             qi = q[b, h, i]
             gqi = gq[b, h, i]
             gqi[:] = 0
-            for j in range(S):
+            for j in range(row_keys):
                 gs = prow[j] * (gp[j] - row_dot) * scale  # dS_ij, with the scale of S = QKᵀs
                 if gs != 0:
                     kj = k[b, h, j]
@@ -149,14 +156,34 @@ _attention_fwd = _compile(_attention_forward)
 _attention_bwd = _compile(_attention_backward)
 
 
+def _keys_per_row(attention_mask, B: int, S: int, is_causal: bool):
+    """(B, S) int64: how many keys (0, 1, ...) each query row reads; the rest have weight 0.
+
+    Without the causal mask every row reads all S keys. With it, row i reads keys 0..i, so the
+    kernels skip the masked upper triangle (about half the work) instead of computing zeros;
+    except a row whose keys 0..i are all padding: the reference masks every key of it, and a
+    softmax of S equal scores is uniform over all S keys (Hugging Face's number too), so that
+    row reads all S.
+    """
+    if not is_causal:
+        return np.full((B, S), S, dtype=np.int64)
+    n_keys = np.broadcast_to(np.arange(1, S + 1, dtype=np.int64), (B, S))  # (B, S) i + 1
+    if attention_mask is None:
+        return np.ascontiguousarray(n_keys)
+    sees_a_real_key = np.cumsum(attention_mask != 0, axis=1) > 0  # (B, S)
+    return np.where(sees_a_real_key, n_keys, S)  # (B, S)
+
+
 class FusedAttention(Function):
     """``tinymlm.nn.functional.Attention`` in one pass per query row (same contract and math).
 
     q, k, v (B, h, S, d); attention_mask (B, S) or None; dropout on the probabilities draws its
     mask from ``generator`` exactly as the reference does, so both give the same numbers.
+    ``is_causal``: row i reads keys 0..i only (``_keys_per_row``), each way.
     """
 
-    def forward(self, q, k, v, attention_mask=None, scale=1.0, dropout_p=0.0, generator=None):
+    def forward(self, q, k, v, attention_mask=None, scale=1.0, dropout_p=0.0, generator=None,
+                is_causal=False):
         q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))  # (B, h, S, d)
         B, nh, S, d = q.shape
         dtype = q.dtype
@@ -172,9 +199,12 @@ class FusedAttention(Function):
         scale_ = _scalar(dtype, scale)
         p = np.empty((B, nh, S, S), dtype=dtype)
         out = np.empty_like(q)  # (B, h, S, d)
+        n_keys = _keys_per_row(attention_mask, B, S, is_causal)  # (B, S)
+        lowest = _scalar(dtype, np.finfo(dtype).min)
         threaded = B * nh * S * S * d >= PARALLEL_MIN_ELEMENTS
-        _attention_fwd[threaded](q, k, v, penalty, keep, keep_scale, scale_, p, out)
-        self.keep, self.keep_scale, self.scale = keep, keep_scale, scale_
+        _attention_fwd[threaded](q, k, v, penalty, is_causal, n_keys, lowest, keep, keep_scale,
+                                 scale_, p, out)
+        self.keep, self.keep_scale, self.scale, self.n_keys = keep, keep_scale, scale_, n_keys
         self.save_for_backward(q, k, v, p)
         return out
 
@@ -184,7 +214,8 @@ class FusedAttention(Function):
         gq, gk, gv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
         B, nh, S, d = q.shape
         threaded = B * nh * S * S * d >= PARALLEL_MIN_ELEMENTS
-        _attention_bwd[threaded](q, k, v, p, self.keep, self.keep_scale, self.scale, g, gq, gk, gv)
+        _attention_bwd[threaded](q, k, v, p, self.n_keys, self.keep, self.keep_scale, self.scale,
+                                 g, gq, gk, gv)
         return gq, gk, gv, None
 
 

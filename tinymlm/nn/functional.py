@@ -327,17 +327,26 @@ class Attention(Function):
     """out = P V with P = softmax(Q Kᵀ s + mask), s the scale; q, k, v (B, h, S, d).
 
     The mask adds (1 − m)·(the dtype's most negative value) to every score of a padded key, as
-    Hugging Face does: a padded key's weight is exactly 0. With optional dropout on P (mask D,
-    P' = P D):
+    Hugging Face does: a padded key's weight is exactly 0. ``is_causal`` multiplies m by the
+    lower triangle first (query i sees keys j ≤ i), as Hugging Face's decoder does: one mask,
+    so a score is never pushed down twice (min + min would overflow to −inf). With optional
+    dropout on P (mask D, P' = P D):
         dV = P'ᵀ g,   dP = (g Vᵀ) D,   dS = P (dP − rowsum(dP P)),   dQ = dS K s,   dK = dSᵀ Q s.
     """
 
-    def forward(self, q, k, v, attention_mask=None, scale=1.0, dropout_p=0.0, generator=None):
+    def forward(self, q, k, v, attention_mask=None, scale=1.0, dropout_p=0.0, generator=None,
+                is_causal=False):
         xp = _xp(q, k, v, attention_mask)
         scores = (q @ xp.swapaxes(k, -1, -2)) * scale  # (B, h, S, S)
+        allowed = None
         if attention_mask is not None:
-            penalty = (1 - attention_mask.astype(q.dtype)) * np.finfo(q.dtype).min  # (B, S)
-            scores += penalty[:, None, None, :]
+            allowed = attention_mask.astype(q.dtype)[:, None, None, :]  # (B, 1, 1, S)
+        if is_causal:
+            S = q.shape[-2]
+            lower = xp.tril(xp.ones((S, S), dtype=q.dtype))  # (S, S) 1 where key j ≤ query i
+            allowed = lower if allowed is None else allowed * lower  # (B, 1, S, S)
+        if allowed is not None:
+            scores += (1 - allowed) * np.finfo(q.dtype).min  # (B, h, S, S) via broadcasting
         scores -= scores.max(axis=-1, keepdims=True)
         p = xp.exp(scores, out=scores)
         p /= p.sum(axis=-1, keepdims=True)  # (B, h, S, S)
@@ -365,12 +374,14 @@ class Attention(Function):
 
 
 def scaled_dot_product_attention(
-    q, k, v, attention_mask=None, dropout_p=0.0, training=True, scale=None, generator=None
+    q, k, v, attention_mask=None, dropout_p=0.0, training=True, scale=None, generator=None,
+    is_causal=False,
 ):
     """softmax(q kᵀ/√d + mask) v for q, k, v (B, heads, S, d) and attention_mask (B, S).
 
     attention_mask: 1 = real token, 0 = padding (Hugging Face's sense). Padded keys get weight
-    exactly 0; query rows at padded positions are computed like any other.
+    exactly 0; query rows at padded positions are computed like any other. ``is_causal``
+    (PyTorch's name): query i also gives weight exactly 0 to every key after it (a decoder).
     """
     raw_q = raw(q)
     if scale is None:
@@ -383,16 +394,20 @@ def scaled_dot_product_attention(
     op = "attention" if dropout_p == 0.0 else "attention_dropout"
     fused = kernels.select(op, raw_q, raw(k), raw(v))
     if fused and backend.is_cupy_array(raw_q):
-        # None where the kernel can't take these inputs, or (auto) measured slower for the shape
-        out = fused.impl(q, k, v, mask, scale, only_if_faster=fused.only_if_faster)
+        # None where the kernel can't take these inputs, or (auto) measured slower for the shape;
+        # the CUDA kernel has no causal mask: a decoder takes the reference path below
+        out = None if is_causal else fused.impl(
+            q, k, v, mask, scale, only_if_faster=fused.only_if_faster
+        )
         if out is not None:
             return out
     elif fused:
         return fused.impl.apply(
-            q, k, v, mask, scale=scale, dropout_p=dropout_p, generator=generator
+            q, k, v, mask, scale=scale, dropout_p=dropout_p, generator=generator,
+            is_causal=is_causal,
         )
     return Attention.apply(
-        q, k, v, mask, scale=scale, dropout_p=dropout_p, generator=generator
+        q, k, v, mask, scale=scale, dropout_p=dropout_p, generator=generator, is_causal=is_causal
     )
 
 
