@@ -30,6 +30,10 @@ def __getattr__(name):
         from tinymlm.nn import heads
 
         return getattr(heads, name)
+    if name == "BertLMHeadModel":
+        from tinymlm.nn.causal import BertLMHeadModel
+
+        return BertLMHeadModel
     if name == "BertTokenizer":
         from tinymlm.tokenizer import BertTokenizer
 

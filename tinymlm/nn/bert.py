@@ -46,6 +46,7 @@ class BertConfig:
     pad_token_id: int = 0
     position_embedding_type: str = "absolute"
     pre_layer_norm: bool = False
+    is_decoder: bool = False  # causal self-attention (BertLMHeadModel sets it)
     extra: dict = field(default_factory=dict, repr=False)  # other fields of a config.json
 
     def __post_init__(self):
@@ -107,6 +108,7 @@ class BertSelfAttention(Module):
         self.key = Linear(H, H)
         self.value = Linear(H, H)
         self.dropout_p = config.attention_probs_dropout_prob
+        self.is_causal = config.is_decoder  # a decoder's query i sees keys 0..i only
 
     def _split_heads(self, x):
         B, S, _ = x.shape
@@ -125,7 +127,8 @@ class BertSelfAttention(Module):
         qkv = qkv.permute(2, 0, 3, 1, 4)  # (3, B, h, S, d)
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B, h, S, d) each
         context = F.scaled_dot_product_attention(
-            q, k, v, attention_mask, dropout_p=self.dropout_p, training=self.training
+            q, k, v, attention_mask, dropout_p=self.dropout_p, training=self.training,
+            is_causal=self.is_causal,
         )  # (B, h, S, d)
         return context.permute(0, 2, 1, 3).reshape(B, S, H)  # (B, S, H)
 
