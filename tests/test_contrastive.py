@@ -130,8 +130,7 @@ def test_a_few_steps_raise_recall_above_the_untrained_encoder(simcse, tmp_path):
 
     cfg = ContrastiveConfig(steps=20, batch_size=32, max_length=32, eval_every=20,
                             log_every=10, simcse=simcse, lr=2e-3)
-    objective = ContrastiveTraining(cfg, log=lambda *_: None)
-    objective.task = small(objective.task)
+    objective = ContrastiveTraining(cfg, log=lambda *_: None, data=small(tinyworld_pairs()))
     chance = np.mean([len(g) for g in objective.task.eval_gold]) / len(
         objective.task.eval_passages)
     before = objective.evaluate(objective.build_model())

@@ -295,17 +295,18 @@ class ContrastiveModel(Module):
 
 class ContrastiveTraining(Objective):
     """InfoNCE on query-passage pairs (or SimCSE) for a pretrained encoder (``cfg.model``) or a
-    random one (``"none"``)."""
+    random one (``"none"``). ``data`` replaces the pairs ``cfg.task`` names (a benchmark's own
+    collection, a test's smaller evaluation)."""
 
     accuracy_label = "recall@1 (held-out questions)"
 
-    def __init__(self, cfg: ContrastiveConfig, log=print):
+    def __init__(self, cfg: ContrastiveConfig, log=print, data: RetrievalData | None = None):
         from tinymlm.tokenizer import BertTokenizer
 
         self.cfg, self.log = cfg, log
         try:  # the pairs and the model folder's vocabulary are the user's input
-            self.task = (tinyworld_pairs(cfg.seed) if cfg.task == TASK
-                         else user_pairs(cfg.task, cfg.eval_data, cfg.seed))
+            self.task = data or (tinyworld_pairs(cfg.seed) if cfg.task == TASK
+                                 else user_pairs(cfg.task, cfg.eval_data, cfg.seed))
             if cfg.model != "none":
                 self.tokenizer = BertTokenizer.from_pretrained(cfg.model)
             else:
