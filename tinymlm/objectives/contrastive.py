@@ -52,7 +52,6 @@ from tinymlm.nn.module import Module, Parameter
 from tinymlm.objectives.base import MODEL_SIZES, Objective, bert_config, train_flops
 from tinymlm.runs import step_rows
 from tinymlm.sentence_encoder import (
-    POOLING,
     POOLING_MODES,
     SentenceEncoder,
     l2_normalize,
@@ -365,10 +364,8 @@ class ContrastiveTraining(Objective):
         return {**batch, "exclude": exclude}
 
     def loss(self, model: ContrastiveModel, batch: dict):
-        mask = batch["attention_mask"]  # (2B, S)
-        hidden = model.bert(batch["input_ids"], mask).last_hidden_state  # (2B, S, H)
-        embeddings = l2_normalize(POOLING[self.cfg.pooling](hidden, mask))  # (2B, H)
-        B = len(mask) // 2
+        embeddings = l2_normalize(self.encoder_of(model).embed(batch))  # (2B, H)
+        B = len(batch["input_ids"]) // 2
         queries, passages = embeddings[:B], embeddings[B:]  # (B, H) each
         exclude = backend.asarray_on(batch["exclude"], raw(embeddings))  # (B, B)
         return info_nce(queries, passages, model.scale(), exclude)
