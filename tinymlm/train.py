@@ -19,6 +19,10 @@ is trained and saved at the top of the run folder is the discriminator, a BERT e
 fine-tune. The generator and the discriminator's head are kept beside it in
 ``electra.safetensors``.
 
+``--objective clm`` trains the autoregressive twin, ``BertLMHeadModel`` (causal attention, the
+next-token loss; ``tinymlm/objectives/causal.py``), on the same data at the same sizes; try it
+with ``python -m tinymlm.generate --model DIR "The capital of France is"``.
+
 This module is the command line; the objectives are in ``tinymlm.objectives`` and the loop in
 ``tinymlm.trainer``.
 """
@@ -81,7 +85,8 @@ def parse_args(argv):
             default = "16 on tinyworld, 128 on other corpora"
         p.add_argument(f"--{name}", type=kind, default=None, help=f"default {default}")
     p.add_argument("--objective", choices=list(PRETRAINING), default=None,
-                   help="mlm (default) or electra (generator + replaced-token detection)")
+                   help="mlm (default), electra (generator + replaced-token detection) or "
+                        "clm (left-to-right next-token prediction)")
     p.add_argument("--generator-size", type=float, default=None,
                    help=f"electra: generator width / model width, default {d.generator_size}")
     p.add_argument("--electra-weight", type=float, default=None,
@@ -141,6 +146,9 @@ def run(args) -> None:
         cli.log(f"done in {time.perf_counter() - start:.0f} s; {run_dir} holds the "
                 "discriminator, a BERT encoder: BertModel.from_pretrained(run_dir), then "
                 "fine-tune it")
+    elif cfg.objective == "clm":
+        cli.log(f"done in {time.perf_counter() - start:.0f} s; try: python -m "
+                f"tinymlm.generate --model {run_dir} \"The capital of France is\"")
     else:
         cli.log(f"done in {time.perf_counter() - start:.0f} s; try: python -m "
                 f"tinymlm.fill_mask --model {run_dir} \"Paris is the capital of [MASK].\"")

@@ -4,6 +4,7 @@
 
     MaskedLanguageModeling   BERT's masked-token prediction            (pretraining)
     ElectraPretraining       generator + replaced-token detection      (pretraining)
+    CausalLanguageModeling   next-token prediction, BertLMHeadModel    (pretraining)
     FineTuning               a classification, tagging or QA head      (fine-tuning)
     ContrastiveTraining      InfoNCE on query-passage pairs, SimCSE    (sentence embeddings)
 
@@ -11,6 +12,7 @@
 """
 
 from tinymlm.objectives.base import MODEL_SIZES, Objective, bert_config, train_flops
+from tinymlm.objectives.causal import CausalLanguageModeling
 from tinymlm.objectives.contrastive import ContrastiveConfig, ContrastiveTraining
 from tinymlm.objectives.electra import ElectraPretraining
 from tinymlm.objectives.finetuning import FinetuneConfig, FineTuning
@@ -22,11 +24,13 @@ from tinymlm.objectives.pretraining import (
     make_collator,
 )
 
-PRETRAINING = {"mlm": MaskedLanguageModeling, "electra": ElectraPretraining}
+PRETRAINING = {"mlm": MaskedLanguageModeling, "electra": ElectraPretraining,
+               "clm": CausalLanguageModeling}
 
 __all__ = [
     "MODEL_SIZES",
     "PRETRAINING",
+    "CausalLanguageModeling",
     "ContrastiveConfig",
     "ContrastiveTraining",
     "Corpus",
