@@ -134,3 +134,32 @@ def test_without_the_flag_nothing_is_causal(qkv):
         causal = F.scaled_dot_product_attention(q, k, v, is_causal=True).data
     np.testing.assert_array_equal(full[:, :, -1], causal[:, :, -1])  # the last row sees all
     assert not np.allclose(full[:, :, 0], causal[:, :, 0])
+
+
+def test_cuda_arrays_take_the_reference_path_when_causal(qkv, monkeypatch):
+    """The CUDA kernel has no causal mask: for CuPy arrays with is_causal the dispatch must not
+    call it. (CuPy is faked here: the CPU arrays are declared CuPy's, the kernel is a spy.)"""
+    from tinymlm import backend
+    from tinymlm.kernels import Selection
+
+    class CupyLooking:  # the backend module, except that every array counts as CuPy's
+        def __getattr__(self, name):
+            return getattr(backend, name)
+
+        @staticmethod
+        def is_cupy_array(a):
+            return True
+
+    called = []
+
+    def cuda_kernel(*args, **kwargs):
+        called.append(args)
+        return None  # "can't take these inputs": the reference runs
+
+    monkeypatch.setattr(F, "backend", CupyLooking())
+    monkeypatch.setattr(F.kernels, "select", lambda op, *arrays: Selection(cuda_kernel, False))
+    q, k, v = (Tensor(a, requires_grad=True) for a in qkv)
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert called == [] and type(out._ctx).__name__ == "Attention"
+    F.scaled_dot_product_attention(q, k, v)  # without the mask the CUDA kernel is asked
+    assert len(called) == 1
