@@ -6,10 +6,17 @@ and gradients (padding, a sequence with no real token, dropout, threaded or not)
 key after its query (unless the row sees no real key); no output changes when a later token
 changes, on either path.
 The fused kernel's invisibility (second consumers, held tensors) is checked with the other
-kernels in ``tests/test_fused_reuse.py``.
+kernels in ``tests/test_fused_reuse.py``. The CUDA kernels' causal mask is checked under Numba's
+CUDA simulator (``tests/sim_causal_attention.py``, in its own process) against float64.
 """
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +26,7 @@ from tinymlm.gradcheck import gradcheck
 from tinymlm.kernels import cpu_fused, use_kernels
 from tinymlm.nn import functional as F
 
+ROOT = Path(__file__).resolve().parents[1]
 B, HEADS, S, D = 3, 2, 6, 4
 
 
@@ -136,9 +144,9 @@ def test_without_the_flag_nothing_is_causal(qkv):
     assert not np.allclose(full[:, :, 0], causal[:, :, 0])
 
 
-def test_cuda_arrays_take_the_reference_path_when_causal(qkv, monkeypatch):
-    """The CUDA kernel has no causal mask: for CuPy arrays with is_causal the dispatch must not
-    call it. (CuPy is faked here: the CPU arrays are declared CuPy's, the kernel is a spy.)"""
+def test_cuda_arrays_reach_the_cuda_kernel_with_the_causal_flag(qkv, monkeypatch):
+    """The dispatch hands is_causal to the CUDA kernel's entry point (CuPy faked: the CPU
+    arrays are declared CuPy's, the kernel is a spy that declines, so the reference runs)."""
     from tinymlm import backend
     from tinymlm.kernels import Selection
 
@@ -153,13 +161,45 @@ def test_cuda_arrays_take_the_reference_path_when_causal(qkv, monkeypatch):
     called = []
 
     def cuda_kernel(*args, **kwargs):
-        called.append(args)
+        called.append(kwargs["is_causal"])
         return None  # "can't take these inputs": the reference runs
 
     monkeypatch.setattr(F, "backend", CupyLooking())
     monkeypatch.setattr(F.kernels, "select", lambda op, *arrays: Selection(cuda_kernel, False))
     q, k, v = (Tensor(a, requires_grad=True) for a in qkv)
     out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    assert called == [] and type(out._ctx).__name__ == "Attention"
-    F.scaled_dot_product_attention(q, k, v)  # without the mask the CUDA kernel is asked
-    assert len(called) == 1
+    assert type(out._ctx).__name__ == "Attention"
+    F.scaled_dot_product_attention(q, k, v)
+    assert called == [True, False]
+
+
+# --- the CUDA kernels, under Numba's CUDA simulator ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def simulated():
+    """tests/sim_causal_attention.py's results (its own process: the simulator must be chosen
+    before Numba is imported)."""
+    pytest.importorskip("numba.cuda")
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "sim_causal_attention.py")],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", ["tiled", "wide_keys", "production"])
+def test_cuda_kernels_equal_the_float64_reference_under_the_simulator(simulated, case):
+    result = simulated[case]
+    for quantity in ("out", "lse", "dq", "dk", "dv"):
+        r = result[quantity]
+        assert r["nan"] == 0 and r["nonfinite_match"], (quantity, r)  # every element written
+        assert r["max_abs_err"] <= 2e-6 * max(1.0, r["max_abs_ref"]), (quantity, r)  # float32
+    assert result["earlier_rows_unchanged"]
+
+
+def test_cuda_dispatch_equals_the_reference_function_under_the_simulator(simulated):
+    result = simulated["dispatch"]
+    assert result["ran"] == "FusedAttention"
+    assert max(result["max_abs_err"].values()) <= 5e-6, result
+    assert result["differs_from_non_causal"] > 0.1  # the flag did reach the kernels

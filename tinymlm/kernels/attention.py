@@ -12,6 +12,8 @@ For one (sequence b, head h) with n = ``lengths[b]`` real keys (right padding) a
 
 Padded keys (j >= n) get weight exactly 0 because they are never read. Every query row,
 padded or not, is computed. A sequence with n = 0 gives o = 0 and L = -inf (an empty sum).
+With ``causal`` (a decoder) the sums run over j <= i as well, and the keys after a block's last
+row, or the queries before a key block's first key, are skipped tile by tile.
 
 Forward (FlashAttention-2). A block owns ``BLOCK_Q`` query rows, one thread per row, and walks
 the keys in tiles of ``BLOCK_K`` staged in shared memory. Each thread keeps its running maximum
@@ -86,9 +88,9 @@ POISON = bool(numba_config.ENABLE_CUDASIM)
 
 
 @cache
-def forward_kernel(head_dim: int, block_q: int, block_k: int):
+def forward_kernel(head_dim: int, block_q: int, block_k: int, causal: bool = False):
     """out, lse <- attention(q, k, v); grid (ceil(S / block_q), B * heads), block_q threads."""
-    D, BQ, BK = head_dim, block_q, block_k
+    D, BQ, BK, CAUSAL = head_dim, block_q, block_k, causal
     BKP = BK + 1  # padded score row: conflict-free
 
     @cuda_kernel(BQ)
@@ -116,8 +118,11 @@ def forward_kernel(head_dim: int, block_q: int, block_k: int):
             acc[c] = float32(0.0)
         m = MAX_START  # running maximum of the base-2 scores
         l = float32(0.0)  # running sum of exp2(score - m)
+        # causal: no row of this block sees a key past its last row (a bound uniform over the
+        # block, so every thread reaches the same syncthreads)
+        key_end = min(n, cuda.blockIdx.x * BQ + BQ) if CAUSAL else n
 
-        for k0 in range(0, n, BK):
+        for k0 in range(0, key_end, BK):
             # Stage the tile: consecutive threads read consecutive floats (coalesced).
             for idx in range(t, BK * D, BQ):
                 j = idx // D
@@ -127,6 +132,8 @@ def forward_kernel(head_dim: int, block_q: int, block_k: int):
                     v_tile[j, c] = v[b, h, k0 + j, c]
             cuda.syncthreads()
             in_tile = min(BK, n - k0)
+            if CAUSAL:  # and this row stops at its own position (key 0 is always in)
+                in_tile = min(in_tile, row + 1 - k0)
             if live:
                 tile_max = m
                 for j in range(BK):
@@ -185,7 +192,7 @@ def delta_kernel(head_dim: int, block_q: int):
 
 
 @cache
-def dkdv_kernel(head_dim: int, block_keys: int, query_tile: int):
+def dkdv_kernel(head_dim: int, block_keys: int, query_tile: int, causal: bool = False):
     """dK, dV for one key block; grid (ceil(S / block_keys), B * heads), block_keys threads.
 
     One thread per key j; it loops over *all* query rows (padded query rows attend to real keys
@@ -193,7 +200,7 @@ def dkdv_kernel(head_dim: int, block_keys: int, query_tile: int):
     Its own k_j and v_j sit in shared memory with rows padded to D + 1 floats, so the 32
     threads of a warp reading column c of 32 different rows hit 32 different banks.
     """
-    D, BK, BQ = head_dim, block_keys, query_tile
+    D, BK, BQ, CAUSAL = head_dim, block_keys, query_tile, causal
     DP = D + 1  # padded row length: conflict-free column reads
 
     @cuda_kernel(BK)
@@ -223,8 +230,10 @@ def dkdv_kernel(head_dim: int, block_keys: int, query_tile: int):
             dk_acc[c] = float32(0.0)
             dv_acc[c] = float32(0.0)
 
+        # causal: no query before this block's first key sees any of its keys (block-uniform)
+        query_start = cuda.blockIdx.x * BK if CAUSAL else 0
         if cuda.blockIdx.x * BK < n:  # the whole block is uniform here: syncthreads is safe
-            for q0 in range(0, seq, BQ):
+            for q0 in range(query_start, seq, BQ):
                 for idx in range(t, BQ * D, BK):
                     i = idx // D
                     c = idx - i * D
@@ -237,8 +246,9 @@ def dkdv_kernel(head_dim: int, block_keys: int, query_tile: int):
                         delta_tile[i] = delta[b, h, q0 + i]
                 cuda.syncthreads()
                 in_tile = min(BQ, seq - q0)
+                first = max(0, key - q0) if CAUSAL else 0  # causal: queries i >= key only
                 if real:
-                    for i in range(in_tile):
+                    for i in range(first, in_tile):
                         s = float32(0.0)  # base-2 score q_i . k_j * scale * log2(e)
                         dp = float32(0.0)  # dO_i . v_j
                         for c in range(D):
@@ -260,13 +270,13 @@ def dkdv_kernel(head_dim: int, block_keys: int, query_tile: int):
 
 
 @cache
-def dq_kernel(head_dim: int, block_q: int, block_k: int):
+def dq_kernel(head_dim: int, block_q: int, block_k: int, causal: bool = False):
     """dQ for one query block; grid (ceil(S / block_q), B * heads), block_q threads.
 
     One thread per query row i: q_i (pre-scaled) and dq_i in registers, dO_i in a padded
     shared row, keys and values staged tile by tile like the forward pass.
     """
-    D, BQ, BK = head_dim, block_q, block_k
+    D, BQ, BK, CAUSAL = head_dim, block_q, block_k, causal
     DP = D + 1
 
     @cuda_kernel(BQ)
@@ -292,8 +302,9 @@ def dq_kernel(head_dim: int, block_q: int, block_k: int):
             dq_acc[c] = float32(0.0)
         row_lse = lse[b, h, row] * LOG2E if live else float32(0.0)
         row_delta = delta[b, h, row] if live else float32(0.0)
+        key_end = min(n, cuda.blockIdx.x * BQ + BQ) if CAUSAL else n  # as in the forward pass
 
-        for k0 in range(0, n, BK):
+        for k0 in range(0, key_end, BK):
             for idx in range(t, BK * D, BQ):
                 j = idx // D
                 c = idx - j * D
@@ -302,6 +313,8 @@ def dq_kernel(head_dim: int, block_q: int, block_k: int):
                     v_tile[j, c] = v[b, h, k0 + j, c]
             cuda.syncthreads()
             in_tile = min(BK, n - k0)
+            if CAUSAL:
+                in_tile = min(in_tile, row + 1 - k0)
             if live:
                 for j in range(BK):
                     if j < in_tile:
@@ -368,10 +381,12 @@ def _lengths(xp, lengths, batch: int, seq: int):
     return xp.clip(lengths, 0, seq).astype(np.int32)
 
 
-def attention_forward(q, k, v, lengths, scale: float, block_q=None, block_k=None):
+def attention_forward(q, k, v, lengths, scale: float, block_q=None, block_k=None,
+                      causal=False):
     """Returns ``(out, lse)``: out (B, H, S, d) float32 and the natural log-sum-exp (B, H, S).
 
     ``lengths[b]`` is the number of real (leading) tokens of sequence b; the rest is padding.
+    ``causal``: query i sees keys j <= i only.
     """
     xp = _array_module(q)
     _check(q, k, v)
@@ -383,12 +398,12 @@ def attention_forward(q, k, v, lengths, scale: float, block_q=None, block_k=None
     lse = _empty(xp, q.shape[:3])  # (B, H, S)
     scale_log2 = np.float32(scale * math.log2(math.e))
     grid = ((seq + bq - 1) // bq, batch * heads)
-    launch(forward_kernel(dim, bq, bk), grid, bq, q, k, v, lengths, scale_log2, out, lse)
+    launch(forward_kernel(dim, bq, bk, causal), grid, bq, q, k, v, lengths, scale_log2, out, lse)
     return out, lse
 
 
 def attention_backward(
-    q, k, v, out, lse, grad_out, lengths, scale: float, block_q=None, block_k=None
+    q, k, v, out, lse, grad_out, lengths, scale: float, block_q=None, block_k=None, causal=False
 ):
     """Returns ``(dq, dk, dv)``, each (B, H, S, d), from the forward's ``out`` and ``lse``."""
     xp = _array_module(q)
@@ -409,10 +424,10 @@ def attention_backward(
     # The dK/dV kernel mirrors the dQ kernel: block_q threads each own one key, and queries
     # are staged block_k at a time (the same shared-memory budget).
     key_grid = ((seq + bq - 1) // bq, batch * heads)
-    kernel = dkdv_kernel(dim, bq, bk)
+    kernel = dkdv_kernel(dim, bq, bk, causal)
     args = (q, k, v, grad_out, lse, delta, lengths, scale_log2, scale)
     launch(kernel, key_grid, bq, *args, dk, dv)
-    launch(dq_kernel(dim, bq, bk), query_grid, bq, *args, dq)
+    launch(dq_kernel(dim, bq, bk, causal), query_grid, bq, *args, dq)
     return dq, dk, dv
 
 
@@ -422,17 +437,19 @@ class FusedAttention(Function):
     ``FusedAttention.apply(q, k, v, lengths=lengths, scale=1 / sqrt(d))`` with q, k, v
     (B, H, S, d) float32 CuPy arrays or Tensors and ``lengths`` (B,) the count of real (leading)
     tokens per sequence. Saves q, k, v, the output and the log-sum-exp: O(S) per row, not S x S.
+    ``causal=True``: query i sees keys j <= i only (a decoder).
     """
 
-    def forward(self, q, k, v, *, lengths, scale):
-        out, lse = attention_forward(q, k, v, lengths, scale)
+    def forward(self, q, k, v, *, lengths, scale, causal=False):
+        out, lse = attention_forward(q, k, v, lengths, scale, causal=causal)
         self.save_for_backward(q, k, v, out, lse)
-        self.lengths, self.scale = lengths, scale
+        self.lengths, self.scale, self.causal = lengths, scale, causal
         return out
 
     def backward(self, grad):
         q, k, v, out, lse = self.saved_tensors
-        return attention_backward(q, k, v, out, lse, grad, self.lengths, self.scale)
+        return attention_backward(q, k, v, out, lse, grad, self.lengths, self.scale,
+                                  causal=self.causal)
 
 
 # The attention mask of a batch is the same array for every layer: remember the last one so
@@ -460,12 +477,14 @@ def _lengths_from_mask(mask, seq: int):
 declined: Counter = Counter()
 
 
-def fused_attention_or_none(q, k, v, attention_mask, scale: float, only_if_faster=False):
+def fused_attention_or_none(q, k, v, attention_mask, scale: float, only_if_faster=False,
+                            is_causal=False):
     """``FusedAttention`` for ``F.scaled_dot_product_attention``, or None when the kernels
     cannot run these inputs (dtype, head dim, left or inner padding, an all-padding sequence)
     and the caller should use the reference path. With ``only_if_faster`` (kernels="auto")
     also None where the reference path measured faster for this shape. Each None is counted
-    in :data:`declined` by its reason."""
+    in :data:`declined` by its reason. ``is_causal``: the decoder's mask as well (the timing
+    measured without it decides for it too)."""
     raw_q, raw_k, raw_v = (a.data if isinstance(a, Tensor) else a for a in (q, k, v))
     if not (supports(raw_q) and raw_q.shape == raw_k.shape == raw_v.shape):
         declined["dtype or shape"] += 1
@@ -488,7 +507,7 @@ def fused_attention_or_none(q, k, v, attention_mask, scale: float, only_if_faste
     if only_if_faster and not fused_attention_is_faster(raw_q):
         declined["measured slower for this shape"] += 1
         return None
-    return FusedAttention.apply(q, k, v, lengths=lengths, scale=scale)
+    return FusedAttention.apply(q, k, v, lengths=lengths, scale=scale, causal=is_causal)
 
 
 # --- kernels="auto" on the GPU: the faster path for each shape, by measurement ---------------

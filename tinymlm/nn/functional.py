@@ -394,10 +394,9 @@ def scaled_dot_product_attention(
     op = "attention" if dropout_p == 0.0 else "attention_dropout"
     fused = kernels.select(op, raw_q, raw(k), raw(v))
     if fused and backend.is_cupy_array(raw_q):
-        # None where the kernel can't take these inputs, or (auto) measured slower for the shape;
-        # the CUDA kernel has no causal mask: a decoder takes the reference path below
-        out = None if is_causal else fused.impl(
-            q, k, v, mask, scale, only_if_faster=fused.only_if_faster
+        # None where the kernel can't take these inputs, or (auto) measured slower for the shape
+        out = fused.impl(
+            q, k, v, mask, scale, only_if_faster=fused.only_if_faster, is_causal=is_causal
         )
         if out is not None:
             return out
