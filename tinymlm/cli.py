@@ -8,6 +8,7 @@ and shows its traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -70,10 +71,37 @@ def saved_settings(run_dir: Path, name: str) -> dict:
 
 
 def free_run_folder(out: str | None, default: str) -> Path:
-    """The run folder of a new run (made by the caller once its input is read): one that
-    already holds files is refused."""
+    """The run folder of a new run (the caller makes it once its input is read).
+
+    A folder that holds a checkpoint is refused: continue it with ``--resume``. One that holds
+    none (a run that died before its first save, even by kill -9) is reused; what it left is
+    overwritten by the new run. A folder holding other files, and a path through a file or
+    into a folder that cannot be written, are refused.
+    """
     run_dir = Path(out or default)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise UsageError(f"run folder {run_dir} already exists: use --resume {run_dir} to "
-                         "continue it, or choose another --out")
+    existing = next(p for p in (run_dir, *run_dir.parents) if p.exists() or p == Path("."))
+    if not existing.is_dir():
+        raise UsageError(f"--out {run_dir}: {existing} is not a folder; choose another "
+                         "--out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {run_dir}: cannot write in {existing}; choose another --out")
+    current = run_dir / "current"  # the run folder's checkpoint (tinymlm.runs)
+    if current.is_symlink() or current.exists():
+        raise UsageError(f"run folder {run_dir} already holds a checkpoint: use --resume "
+                         f"{run_dir} to continue it, or choose another --out")
+    if run_dir.is_dir():
+        others = sorted(p.name for p in run_dir.iterdir() if not _left_by_a_run(p.name))
+        if others:
+            raise UsageError(f"run folder {run_dir} already exists and holds files that are "
+                             f"not a run's ({others[0]}): choose another --out")
     return run_dir
+
+
+# What a run writes before its first checkpoint: its settings, its log, the plot, a checkpoint
+# half written, and the temporary files of atomic writes (".NAME.xxxx.tmp").
+_RUN_FILES = {"train_config.json", "finetune_config.json", "metrics.jsonl", "loss_curve.png",
+              "checkpoints"}
+
+
+def _left_by_a_run(name: str) -> bool:
+    return name in _RUN_FILES or (name.startswith(".") and name.endswith(".tmp"))
