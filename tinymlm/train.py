@@ -61,10 +61,12 @@ def pretraining(cfg: TrainConfig, log=print):
 
 
 def train(cfg: TrainConfig, run_dir: Path, device: str = "cpu", resume: bool = False,
-          stop_after: int | None = None, log=print, objective=None) -> dict:
-    """Train (or continue) the run in ``run_dir``; returns the final metrics."""
+          stop_after: int | None = None, log=print, objective=None,
+          results=None) -> dict:
+    """Train (or continue) the run in ``run_dir``; returns the final metrics. ``log`` gets the
+    progress, ``results`` (default ``log``) what the finished run found."""
     trainer = Trainer(objective or pretraining(cfg, log), loop_settings(cfg), run_dir,
-                      device=device, log=log, command=COMMAND)
+                      device=device, log=log, command=COMMAND, results=results)
     return trainer.fit(resume=resume, stop_after=stop_after)
 
 
@@ -141,7 +143,12 @@ def run(args) -> None:
         atomic_write_json(run_dir / "train_config.json", asdict(cfg))
     cli.log(f"run folder: {run_dir}")
     start = time.perf_counter()
-    train(cfg, run_dir, device, bool(args.resume), args.stop_after, cli.log, objective)
+    results = print  # what the run found goes to stdout
+    final = train(cfg, run_dir, device, bool(args.resume), args.stop_after, cli.log, objective,
+                  results=results)
+    evaluation = {k: v for k, v in final.items() if k.startswith("eval_")}
+    if final["step"] == cfg.steps and evaluation:
+        results(f"final, step {cfg.steps}: {objective.report(evaluation)}")
     if cfg.objective == "electra":
         cli.log(f"done in {time.perf_counter() - start:.0f} s; {run_dir} holds the "
                 "discriminator, a BERT encoder: BertModel.from_pretrained(run_dir), then "

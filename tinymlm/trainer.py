@@ -57,13 +57,17 @@ class Trainer:
     """Runs ``objective`` as ``settings`` say, on ``device``, writing into ``run_dir``.
 
     ``command`` is how the user continues a stopped run (``<command> --resume DIR``).
+    ``log`` gets progress and messages, ``results`` what the run found (``objective.finish``:
+    answers, final accuracies); the command lines send ``log`` to stderr, ``results`` to stdout.
     """
 
     def __init__(self, objective, settings: LoopSettings, run_dir: Path | None = None,
-                 device: str = "cpu", log=print, command: str = "python -m tinymlm.train"):
+                 device: str = "cpu", log=print, command: str = "python -m tinymlm.train",
+                 results=None):
         self.objective, self.settings = objective, settings
         self.run_dir = None if run_dir is None else Path(run_dir)  # fit() writes there
         self.device, self.log, self.command = device, log, command
+        self.results = results or log
         self.rows: list[dict] = []  # metrics.jsonl
         # The losses read since the last log row: their sum and count. They are saved with a
         # checkpoint, so a resumed run logs the very means an uninterrupted one does.
@@ -166,10 +170,11 @@ class Trainer:
         bar.close()
         final = {"step": step, **result}
         if step == s.steps:
-            report = objective.finish(model, log)
+            report = objective.finish(model, self.results)
             if report:
                 self.rows.append({"step": step, **report})
                 self.write_metrics()
+                self.plot()  # with what the objective found
             final.update(report)
         elif stop_after is not None:
             log(f"stopped after step {step}; continue with {self.command} --resume "
@@ -208,6 +213,9 @@ class Trainer:
 
         publish_checkpoint(self.run_dir, step, write)
         self.write_metrics()
+        self.plot()
+
+    def plot(self) -> None:
         plot_curves(self.run_dir, self.rows, f"{self.objective.title}: {self.run_dir.name}",
                     self.objective.accuracy_label)
 

@@ -213,6 +213,13 @@ class MaskedLanguageModeling(Objective):
                          len(self.corpus.train_ids))
         return self.collator(self.corpus.train_ids[rows], self.corpus.train_mask[rows])
 
+    def loss(self, model, batch: dict):
+        # The loss alone: its logits never leave it, so backward reuses their memory.
+        return model(**batch, return_logits=False).loss
+
+    def counts(self, batch: dict) -> tuple[int, ...]:
+        return (int((batch["labels"] != -100).sum()),)  # the masked tokens
+
     def flops(self, model, batch: dict) -> float:
         B, S = batch["input_ids"].shape
         return self.model_flops(model, B, S, int((batch["labels"] != -100).sum()))
