@@ -14,6 +14,7 @@ of another; the run folder itself stays a Hugging Face model folder.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -77,30 +78,57 @@ def _fsync_dir(path: Path) -> None:
 
 def plot_curves(run_dir: Path, rows: list[dict], title: str,
                 accuracy_label: str = "held-out accuracy") -> None:
-    """Training loss, held-out loss and accuracy against the step, into loss_curve.png."""
+    """The run's curves against the step, into loss_curve.png, in two panels: the losses
+    (training, held-out) and the accuracies (held-out, and tinyworld's fact questions once the
+    run has asked them). Each curve says how its tokens were hidden: training and held-out
+    masking may differ (salient masking trains, token masking evaluates)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    train_how, eval_how = _masking(run_dir)
     train = [r for r in rows if "loss" in r]
     evals = [r for r in rows if "eval_loss" in r and "eval_accuracy" in r]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss", lw=1)
+    facts = [r for r in rows if "fact_accuracy" in r]
+    fig, (losses, accuracies) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    losses.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1,
+                label=f"training loss{train_how}")
     if evals:
-        steps = [r["step"] for r in evals]
-        ax.plot(steps, [r["eval_loss"] for r in evals], "o-", label="held-out loss")
-        acc = ax.twinx()
-        acc.plot(steps, [r["eval_accuracy"] for r in evals], "s--", color="tab:green",
-                 label=accuracy_label)
-        acc.set_ylabel(accuracy_label)
-        acc.set_ylim(0, 1)
-        acc.legend(loc="upper center")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy (nats)")
-    ax.set_title(title)
-    ax.legend(loc="upper right")
-    fig.tight_layout()
+        losses.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-",
+                    label=f"held-out loss{eval_how}")
+        accuracies.plot([r["step"] for r in evals], [r["eval_accuracy"] for r in evals], "s-",
+                        color="tab:green", label=f"{accuracy_label}{eval_how}")
+    for key, label, marker, color in _QUESTIONS:  # asked once, after the last step
+        for r in (r for r in facts if key in r):
+            accuracies.plot([r["step"]], [r[key]], marker, ms=11, color=color,
+                            label=f"{label}: {r[key]:.1%}")
+    losses.set(xlabel="optimizer step", ylabel="cross-entropy (nats)", title="losses")
+    accuracies.set(xlabel="optimizer step", ylabel="top-1 accuracy", ylim=(0, 1.02),
+                   title="accuracies")
+    for ax in (losses, accuracies):
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize="small")
+    fig.suptitle(title)
     with atomic_path(run_dir / "loss_curve.png") as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
+
+
+# tinyworld's questions, asked with fill-mask (one [MASK], no masking of the rest) at the end.
+_QUESTIONS = [
+    ("fact_accuracy", "held-out fact questions (one [MASK])", "*", "tab:red"),
+    ("everyday_accuracy", "everyday questions (one [MASK])", "D", "tab:purple"),
+]
+
+
+def _masking(run_dir: Path) -> tuple[str, str]:
+    """How the training and the held-out tokens were hidden, from the run's settings, as
+    label suffixes: " (salient masking)", " (token masking)"; empty where unknown."""
+    try:
+        settings = json.loads((Path(run_dir) / "train_config.json").read_text())
+    except (OSError, ValueError):
+        return "", ""  # a fine-tuning run: its labels are given, nothing is masked
+    if settings.get("objective") == "clm":
+        return " (next token)", " (next token)"
+    return f" ({settings.get('masking', 'token')} masking)", " (token masking)"
