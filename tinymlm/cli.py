@@ -22,13 +22,15 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run_command(command: Callable[[], None]) -> int:
-    """Run ``command``; a UsageError becomes ``error: ...`` on stderr and exit status 2."""
+def run_command(command: Callable[[], None], quiet: bool = False) -> int:
+    """Run ``command``; a UsageError becomes ``error: ...`` on stderr and exit status 2
+    (``quiet``: the status alone, where another process reports the error)."""
     try:
         command()
         return 0
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if not quiet:
+            print(f"error: {e}", file=sys.stderr)
         return 2
 
 
@@ -53,10 +55,10 @@ def check_resume_alone(args) -> None:
     """Beside ``--resume`` only ``--stop-after`` and ``--device`` may be given (argparse
     defaults of None mark the options left out)."""
     given = [k for k, v in vars(args).items()
-             if v is not None and k not in ("device", "resume", "stop_after")]
+             if v is not None and k not in ("device", "resume", "stop_after", "distributed")]
     if given:
         raise UsageError("--resume continues a run with its saved settings: only "
-                         "--stop-after and --device may be given beside it")
+                         "--stop-after, --device and --distributed may be given beside it")
 
 
 def saved_settings(run_dir: Path, name: str) -> dict:

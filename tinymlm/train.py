@@ -23,6 +23,11 @@ fine-tune. The generator and the discriminator's head are kept beside it in
 next-token loss; ``tinymlm/objectives/causal.py``), on the same data at the same sizes; try it
 with ``python -m tinymlm.generate --model DIR "The capital of France is"``.
 
+``mpiexec -n K python -m tinymlm.train ...`` trains with K data-parallel processes
+(``tinymlm/distributed.py``): ``--batch-size`` is summed over them, each takes a slice of the
+same global batch, and the run equals the one-process run up to rounding (with dropout: in
+distribution, each process draws its own masks).
+
 This module is the command line; the objectives are in ``tinymlm.objectives`` and the loop in
 ``tinymlm.trainer``.
 """
@@ -35,7 +40,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from tinymlm import cli, kernels
+from tinymlm import cli, distributed, kernels
 from tinymlm.data.masking import STRATEGIES
 from tinymlm.errors import UsageError
 from tinymlm.fileio import atomic_write_json
@@ -61,12 +66,12 @@ def pretraining(cfg: TrainConfig, log=print):
 
 
 def train(cfg: TrainConfig, run_dir: Path, device: str = "cpu", resume: bool = False,
-          stop_after: int | None = None, log=print, objective=None,
+          stop_after: int | None = None, log=print, objective=None, world=None,
           results=None) -> dict:
     """Train (or continue) the run in ``run_dir``; returns the final metrics. ``log`` gets the
     progress, ``results`` (default ``log``) what the finished run found."""
     trainer = Trainer(objective or pretraining(cfg, log), loop_settings(cfg), run_dir,
-                      device=device, log=log, command=COMMAND, results=results)
+                      device=device, log=log, command=COMMAND, world=world, results=results)
     return trainer.fit(resume=resume, stop_after=stop_after)
 
 
@@ -105,12 +110,16 @@ def parse_args(argv):
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the run saved in DIR")
     p.add_argument("--stop-after", type=int, default=None, metavar="K",
                    help="save after step K and exit (as an interruption would)")
+    p.add_argument("--distributed", choices=["auto", "none"], default=None,
+                   help="auto (default): data-parallel over the processes mpiexec started; "
+                        "none: one process")
     return p.parse_args(argv)
 
 
 def config_from_args(args) -> TrainConfig:
     settings = {k: v for k, v in vars(args).items()
-                if k not in ("device", "out", "resume", "stop_after") and v is not None}
+                if k not in ("device", "out", "resume", "stop_after", "distributed")
+                and v is not None}
     cfg = TrainConfig(**settings)
     cfg.check()
     electra_only = [k for k in ("generator_size", "electra_weight") if k in settings]
@@ -127,43 +136,51 @@ def config_from_args(args) -> TrainConfig:
 
 def run(args) -> None:
     device = cli.check_device(args.device)
+    world = distributed.init(args.distributed or "auto", device)
+    log = cli.log if world.is_main else (lambda message: None)  # rank 0 speaks for all
     cli.check_stop_after(args.stop_after)
     if args.resume:
         cli.check_resume_alone(args)
         run_dir = Path(args.resume)
         cfg = TrainConfig(**cli.saved_settings(run_dir, "train_config.json"))
-        objective = pretraining(cfg, cli.log)
+        world.check_batch(cfg.batch_size)
+        objective = pretraining(cfg, log)
     else:
         cfg = config_from_args(args)
+        world.check_batch(cfg.batch_size)
         name = "tinyworld" if cfg.corpus == ["tinyworld"] else Path(cfg.corpus[0]).stem
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_dir = cli.free_run_folder(args.out, f"runs/{name}-{cfg.model_size}-{stamp}")
-        objective = pretraining(cfg, cli.log)  # bad data is reported before anything is written
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / "train_config.json", asdict(cfg))
-    cli.log(f"run folder: {run_dir}")
+        # Rank 0 names the folder (the time stamp) and checks it is free; every rank uses it.
+        run_dir = world.decide(lambda: cli.free_run_folder(
+            args.out, f"runs/{name}-{cfg.model_size}-{stamp}"))
+        objective = pretraining(cfg, log)  # bad data is reported before anything is written
+        if world.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(run_dir / "train_config.json", asdict(cfg))
+    log(f"run folder: {run_dir}" + (f" ({world.size} processes)" if world.size > 1 else ""))
     start = time.perf_counter()
-    results = print  # what the run found goes to stdout
-    final = train(cfg, run_dir, device, bool(args.resume), args.stop_after, cli.log, objective,
-                  results=results)
+    results = print if world.is_main else log  # what the run found goes to stdout
+    final = train(cfg, run_dir, device, bool(args.resume), args.stop_after, log, objective, world,
+                  results)
     evaluation = {k: v for k, v in final.items() if k.startswith("eval_")}
     if final["step"] == cfg.steps and evaluation:
         results(f"final, step {cfg.steps}: {objective.report(evaluation)}")
     if cfg.objective == "electra":
-        cli.log(f"done in {time.perf_counter() - start:.0f} s; {run_dir} holds the "
-                "discriminator, a BERT encoder: BertModel.from_pretrained(run_dir), then "
-                "fine-tune it")
+        log(f"done in {time.perf_counter() - start:.0f} s; {run_dir} holds the discriminator, "
+            "a BERT encoder: BertModel.from_pretrained(run_dir), then fine-tune it")
     elif cfg.objective == "clm":
-        cli.log(f"done in {time.perf_counter() - start:.0f} s; try: python -m "
-                f"tinymlm.generate --model {run_dir} \"The capital of France is\"")
+        log(f"done in {time.perf_counter() - start:.0f} s; try: python -m tinymlm.generate "
+            f"--model {run_dir} \"The capital of France is\"")
     else:
-        cli.log(f"done in {time.perf_counter() - start:.0f} s; try: python -m "
-                f"tinymlm.fill_mask --model {run_dir} \"Paris is the capital of [MASK].\"")
+        log(f"done in {time.perf_counter() - start:.0f} s; try: python -m tinymlm.fill_mask "
+            f"--model {run_dir} \"Paris is the capital of [MASK].\"")
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    return cli.run_command(lambda: run(args))
+    # Under mpiexec every rank meets the same bad input; rank 0 alone says so (one line).
+    others = args.distributed != "none" and distributed.launched_rank() != 0
+    return cli.run_command(lambda: run(args), quiet=others)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,10 @@ resumed ends with the same bytes as one that never stopped.
 (``tinymlm.runs.publish_checkpoint``): the model and tokenizer (the objective's), the
 optimizer state (``optimizer.safetensors``) and ``trainer_state.json`` (the step, the
 optimizer's step and hyper-parameters, the objective's state).
+
+**Data-parallel** (``world``, from ``tinymlm.distributed``): each of K processes trains on its
+slice of every global batch (``data_parallel_step``) and the gradients are summed over them;
+only rank 0 logs, shows progress and writes the run folder.
 """
 
 from __future__ import annotations
@@ -26,7 +30,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from tinymlm import backend, kernels
+from tinymlm.distributed import World
 from tinymlm.errors import UsageError
 from tinymlm.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from tinymlm.optim import AdamW, clip_grad_norm_, lr_at, param_groups
@@ -59,14 +66,17 @@ class Trainer:
     ``command`` is how the user continues a stopped run (``<command> --resume DIR``).
     ``log`` gets progress and messages, ``results`` what the run found (``objective.finish``:
     answers, final accuracies); the command lines send ``log`` to stderr, ``results`` to stdout.
+    ``world`` is this process's share of a data-parallel run (one process if None).
     """
 
     def __init__(self, objective, settings: LoopSettings, run_dir: Path | None = None,
                  device: str = "cpu", log=print, command: str = "python -m tinymlm.train",
-                 results=None):
+                 world: World | None = None, results=None):
         self.objective, self.settings = objective, settings
         self.run_dir = None if run_dir is None else Path(run_dir)  # fit() writes there
-        self.device, self.log, self.command = device, log, command
+        self.world = world or World()
+        self.device, self.command = device, command
+        self.log = log if self.world.is_main else (lambda message: None)
         self.results = results or log
         self.rows: list[dict] = []  # metrics.jsonl
         # The losses read since the last log row: their sum and count. They are saved with a
@@ -85,6 +95,8 @@ class Trainer:
         on the GPU is a sync), the gradient norm, the FLOPs and the tokens of the step.
         """
         s = self.settings
+        if self.world.size > 1:
+            return self.data_parallel_step(step, model, optimizer)
         backend.manual_seed(s.seed * 1_000_003 + step)  # dropout: a function of the step
         loss_sum, flops, tokens = None, 0.0, 0
         for micro in range(s.grad_accum):
@@ -97,6 +109,47 @@ class Trainer:
         grad_norm = clip_grad_norm_(model.parameters(), s.clip_norm)
         optimizer.set_lr(lr_at(step, s.lr, s.warmup_steps, s.steps, s.decay))
         optimizer.step()
+        optimizer.zero_grad()
+        return loss_sum, grad_norm, flops, tokens
+
+    def data_parallel_step(self, step: int, model, optimizer):
+        """``training_step`` as one of ``world.size`` processes; returns the same, for the
+        whole global batch.
+
+        Every rank builds the step's global micro-batches (the same masks and rows as one
+        process) and keeps its slice of the rows. A loss term is a mean over the c_r items
+        (predicted tokens) of this rank's slice; scaled by c_r / C, C the items of the global
+        micro-batch, the terms' gradients summed over the ranks are the one-process gradient.
+        The counts are read from the batches, so they are summed before any forward pass.
+        """
+        s, world, objective = self.settings, self.world, self.objective
+        # Dropout: each rank its own masks (with one process this is training_step's seed).
+        backend.manual_seed((s.seed * 1_000_003 + step) * world.size + world.rank)
+        batches, flops, tokens = [], 0.0, 0
+        for micro in range(s.grad_accum):
+            batch = objective.batch(step, micro)  # global: every rank draws the same
+            flops += objective.flops(model, batch)
+            tokens += batch["input_ids"].size
+            batches.append(world.shard(batch))
+        mine = [objective.counts(batch) for batch in batches]  # (grad_accum, terms)
+        if mine[0] is None:
+            raise UsageError(f"{type(objective).__name__} cannot train over several processes "
+                             "yet (its loss does not say how many tokens it averages); run "
+                             "one process")
+        totals = world.sum_counts(np.array(mine, dtype=np.int64))  # (grad_accum, terms)
+        loss_sum = None
+        for batch, counts, global_counts in zip(batches, mine, totals.tolist()):
+            loss = None
+            for term, c, total in zip(objective.loss_terms(model, batch), counts, global_counts):
+                term = term * (c / max(total, 1))  # its share of the global mean
+                loss = term if loss is None else loss + term
+            (loss * (1.0 / s.grad_accum)).backward()
+            loss_sum = loss.data if loss_sum is None else loss_sum + loss.data
+        world.sum_gradients(model.parameters())  # now every rank holds the global gradient
+        loss_sum = world.sum_values(loss_sum).reshape(())  # the global batch's loss
+        grad_norm = clip_grad_norm_(model.parameters(), s.clip_norm)
+        optimizer.set_lr(lr_at(step, s.lr, s.warmup_steps, s.steps, s.decay))
+        optimizer.step()  # the same step on every rank: the models stay equal
         optimizer.zero_grad()
         return loss_sum, grad_norm, flops, tokens
 
@@ -125,8 +178,10 @@ class Trainer:
         result: dict = {}
         # Progress (loss, tokens/s, GFLOP/s, ETA) on stderr; into a log file, every 15 s.
         bar = tqdm(total=s.steps, initial=start, desc=objective.title, unit="step",
-                   file=sys.stderr, dynamic_ncols=True,
+                   file=sys.stderr, dynamic_ncols=True, disable=not self.world.is_main,
                    mininterval=0.2 if sys.stderr.isatty() else 15.0)
+        say = (lambda message: bar.write(message, file=sys.stderr)) if self.world.is_main \
+            else self.log
         step = completed = start
         try:
             for step in range(start + 1, last + 1):
@@ -135,7 +190,7 @@ class Trainer:
                 window_flops += flops
                 window_tokens += tokens
                 if step == start + 1 and self.device == "cuda":
-                    log_attention_choices(lambda message: bar.write(message, file=sys.stderr))
+                    log_attention_choices(say)
                 logs = step % s.log_every == 0 or step == s.steps
                 if self.device == "cpu" or logs:  # on the GPU, reading the loss is a sync
                     self.window_loss += self.finite_loss(float(loss_sum) / s.grad_accum, step)
@@ -155,12 +210,14 @@ class Trainer:
                 if step % s.eval_every == 0 or step == s.steps:
                     result = objective.evaluate(model)
                     self.rows.append({"step": step, **result})
-                    bar.write(f"step {step}: {objective.report(result)}", file=sys.stderr)
+                    say(f"step {step}: {objective.report(result)}")
                 if step % s.save_every == 0 or step == s.steps or step == stop_after:
                     self.save_checkpoint(step, model, optimizer)
                 bar.update(1)
         except KeyboardInterrupt:
             bar.close()
+            if not self.world.is_main:  # rank 0 saves, once
+                raise SystemExit(130) from None
             if completed > start:
                 self.rows = [r for r in self.rows if r["step"] <= completed]
                 self.save_checkpoint(completed, model, optimizer)
@@ -169,7 +226,7 @@ class Trainer:
             raise SystemExit(130) from None
         bar.close()
         final = {"step": step, **result}
-        if step == s.steps:
+        if step == s.steps and self.world.is_main:
             report = objective.finish(model, self.results)
             if report:
                 self.rows.append({"step": step, **report})
@@ -191,6 +248,8 @@ class Trainer:
     # --- the run folder ------------------------------------------------------------------------
 
     def write_metrics(self) -> None:
+        if not self.world.is_main:
+            return
         atomic_write_text(self.run_dir / "metrics.jsonl",
                           "".join(json.dumps(r) + "\n" for r in self.rows))
 
@@ -198,6 +257,9 @@ class Trainer:
         """Model, tokenizer, optimizer and objective state of ``step`` as one checkpoint; then
         the metrics logged so far and the loss curve."""
         from safetensors.numpy import save
+
+        if not self.world.is_main:  # the other ranks hold the same model and state
+            return
 
         def write(step_dir: Path) -> None:
             self.objective.save(model, step_dir)

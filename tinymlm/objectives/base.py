@@ -65,6 +65,17 @@ class Objective:
         """The 0-d loss Tensor of a batch (the mean the trainer accumulates and backpropagates)."""
         return model(**batch).loss
 
+    def counts(self, batch: dict) -> tuple[int, ...] | None:
+        """Data-parallel training (``tinymlm.distributed``): how many items (predicted tokens)
+        each of ``loss_terms``' means is taken over, read from the batch before any forward
+        pass; None: this objective cannot yet train over several processes."""
+        return None
+
+    def loss_terms(self, model, batch: dict) -> tuple:
+        """The loss as a sum of 0-d means, one for each of ``counts``: rank r scales a term by
+        its c_r / Σ c, so the gradients summed over the ranks are the whole batch's."""
+        return (self.loss(model, batch),)
+
     def flops(self, model, batch: dict) -> float:
         """Training FLOPs of a batch (forward + backward), for the GFLOP/s the log shows."""
         return 0.0

@@ -52,6 +52,9 @@ class CausalLanguageModeling(Objective):
         # Only the loss: the fused output layer never materialises the (B·S, V) logits twice.
         return model(**batch, return_logits=False).loss
 
+    def counts(self, batch: dict) -> tuple[int, ...]:
+        return (int((batch["labels"][:, 1:] != -100).sum()),)  # the model shifts the labels
+
     def flops(self, model, batch: dict) -> float:
         B, S = batch["input_ids"].shape
         return train_flops(model.config, B, S, predicted=B * (S - 1))  # the head everywhere

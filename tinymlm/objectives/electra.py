@@ -44,6 +44,14 @@ class ElectraPretraining(MaskedLanguageModeling):
         return (train_flops(model.config, batch, seq, 0)
                 + train_flops(model.generator.config, batch, seq, predicted))
 
+    def counts(self, batch: dict) -> tuple[int, ...]:
+        # the generator's MLM is over the masked tokens, replaced-token detection over the real
+        return int((batch["labels"] != -100).sum()), int((batch["attention_mask"] != 0).sum())
+
+    def loss_terms(self, model, batch: dict) -> tuple:
+        out = model(**batch)
+        return out.mlm_loss, out.rtd_loss * model.rtd_weight  # their sum is out.loss
+
     def evaluate(self, model) -> dict:
         """The generator's masked-token loss, accuracy and perplexity, and the discriminator's
         replaced-token-detection loss, accuracy and AUC (fixed masks and fixed samples)."""
