@@ -113,10 +113,10 @@ def encoder_scores(encoder: SentenceEncoder, data: RetrievalData) -> np.ndarray:
     return queries @ pool.T  # (Q, N)
 
 
-def pretrain(corpus: list[str], steps: int, run_dir: Path, max_length: int | None) -> Path:
-    """An MLM run with the trainer's defaults for the corpus, ``steps`` long."""
-    cfg = TrainConfig(corpus=corpus, steps=steps, max_length=max_length,
-                      eval_every=steps, save_every=steps)
+def pretrain(corpus: list[str], steps: int, run_dir: Path, batch_size: int) -> Path:
+    """An MLM run with the trainer's defaults for the corpus, ``steps`` of ``batch_size``."""
+    cfg = TrainConfig(corpus=corpus, steps=steps, batch_size=batch_size, eval_every=steps,
+                      save_every=steps)
     train(cfg, run_dir, log=log)
     return run_dir
 
@@ -160,9 +160,10 @@ def commit() -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--tinyworld-mlm-steps", type=int, default=1000)
-    p.add_argument("--help-mlm-steps", type=int, default=100)
-    p.add_argument("--contrastive-steps", type=int, default=100)
+    p.add_argument("--tinyworld-mlm-steps", type=int, default=200)
+    p.add_argument("--tinyworld-contrastive-steps", type=int, default=250)
+    p.add_argument("--help-mlm-steps", type=int, default=40)
+    p.add_argument("--help-contrastive-steps", type=int, default=60)
     p.add_argument("--help-queries", type=int, default=150)
     p.add_argument("--out", default=None)
     args = p.parse_args()
@@ -175,11 +176,15 @@ def main() -> int:
         docs.write_text("\n\n".join(python_docs_corpus()), encoding="utf-8")
         tinyworld = tinyworld_pairs(seed=0)
         tinyworld.name = "tinyworld questions"
-        collections = [  # (data, MLM corpus, MLM steps, MLM length, contrastive length)
-            (tinyworld, ["tinyworld"], args.tinyworld_mlm_steps, None, 32),
-            (help_topics(args.help_queries), [str(docs)], args.help_mlm_steps, 128, 128),
+        # (data, MLM corpus, MLM steps, MLM batch, contrastive steps, contrastive length):
+        # small budgets, so that the whole run stays near 15 minutes on a shared 2-core CPU
+        collections = [
+            (tinyworld, ["tinyworld"], args.tinyworld_mlm_steps, 128,
+             args.tinyworld_contrastive_steps, 32),
+            (help_topics(args.help_queries), [str(docs)], args.help_mlm_steps, 32,
+             args.help_contrastive_steps, 64),
         ]
-        for data, corpus, mlm_steps, mlm_length, max_length in collections:
+        for data, corpus, mlm_steps, mlm_batch, steps, max_length in collections:
             log(f"{data.name}: {len(data.eval_queries)} queries over {len(data.eval_passages)} "
                 f"passages, {len(data.train)} training pairs")
             rows = [evaluate("BM25 (rank-bm25, BM25Okapi)", data, bm25_scores(data))]
@@ -187,15 +192,16 @@ def main() -> int:
                 rows.append(evaluate("all-MiniLM-L6-v2, zero-shot", data,
                                      encoder_scores(SentenceEncoder.from_pretrained(minilm),
                                                     data)))
-            run = pretrain(corpus, mlm_steps, tmp / f"mlm-{len(tables)}", mlm_length)
+            run = pretrain(corpus, mlm_steps, tmp / f"mlm-{len(tables)}", mlm_batch)
             rows.append(evaluate("tinymlm tiny, untrained", data,
                                  encoder_scores(untrained(run), data)))
-            rows.append(evaluate(f"tinymlm tiny, MLM ({mlm_steps} steps)", data,
+            rows.append(evaluate(f"tinymlm tiny, MLM ({mlm_steps} steps of {mlm_batch})", data,
                                  encoder_scores(SentenceEncoder.from_pretrained(run), data)))
-            encoder, cfg = contrastive(run, data, args.contrastive_steps, max_length,
+            encoder, cfg = contrastive(run, data, steps, max_length,
                                        tmp / f"contrastive-{len(tables)}", 32)
-            rows.append(evaluate(f"tinymlm tiny, MLM + contrastive ({cfg.steps} steps, "
-                                 f"batch {cfg.batch_size}, τ {cfg.temperature})", data,
+            rows.append(evaluate(f"tinymlm tiny, MLM + contrastive ({cfg.steps} steps of "
+                                 f"{cfg.batch_size} pairs, τ {cfg.temperature}, max length "
+                                 f"{max_length})", data,
                                  encoder_scores(encoder, data)))
             tables[data.name] = (data, rows)
 
