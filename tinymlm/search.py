@@ -12,8 +12,9 @@ lines) is encoded once by a ``SentenceEncoder`` into a unit vector; a query is e
 same way, and its score against a passage is the dot product of the two, their cosine
 similarity. The search is exact: every passage is scored, with one matrix product per batch
 of queries (on the encoder's device). That stays fast far beyond a learner's collection: a
-million 384-dimensional passages cost about 0.4 GFLOP per query, a fraction of a second
-on one CPU core. An approximate index (FAISS) only pays past that size and is not built in.
+million 384-dimensional passages are 1.5 GB of float32 and 2·N·H = 0.8 GFLOP per query, and a
+batch of queries reads them once, in about the time a pass over 1.5 GB of memory takes. An
+approximate index (FAISS) pays only past that size; it is not built in.
 
 The index file (``--save-index``) is one safetensors file, written atomically: the (N, H)
 float32 embeddings, and the passages with their source file and line as UTF-8 JSON bytes in
