@@ -54,6 +54,11 @@ def main() -> int:
          lambda q, k, v: attention.fused_attention_or_none(q, k, v, None, scale),
          lambda q, k, v: F.scaled_dot_product_attention(q, k, v, None, scale=scale),
          [(1, 1, 3, 4)] * 3, "FusedAttention", np.float32),
+        ("attention_causal",
+         lambda q, k, v: attention.fused_attention_or_none(q, k, v, MASK, scale, is_causal=True),
+         lambda q, k, v: F.scaled_dot_product_attention(q, k, v, MASK, scale=scale,
+                                                        is_causal=True),
+         [(2, 2, 5, 4)] * 3, "FusedAttention", np.float32),
     ]
     failed = 0
     for name, fused, ref, shapes, fused_type, dtype in cases:

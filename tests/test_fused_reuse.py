@@ -230,4 +230,4 @@ def test_cuda_kernels_are_invisible_under_the_simulator():
     result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "checked 4 fused CUDA paths" in result.stdout
+    assert "checked 5 fused CUDA paths" in result.stdout
