@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -203,3 +204,33 @@ def test_cuda_dispatch_equals_the_reference_function_under_the_simulator(simulat
     assert result["ran"] == "FusedAttention"
     assert max(result["max_abs_err"].values()) <= 5e-6, result
     assert result["differs_from_non_causal"] > 0.1  # the flag did reach the kernels
+
+
+# --- the causal CUDA kernels compiled for the H100 (PTX; no GPU needed) -----------------------
+
+
+@pytest.mark.parametrize("head_dim", [32, 64])
+@pytest.mark.parametrize("name", ["forward", "dkdv", "dq"])
+def test_causal_cuda_kernels_compile_float32_without_spills(head_dim, name):
+    """The causal variants are other specializations: float32 only, the launch bound, and
+    (where a CUDA toolkit's ptxas is present) no register spills."""
+    pytest.importorskip("numba.cuda")
+    from numba import float32, int32
+
+    from tests import ptx as ptx_tools
+    from tinymlm.kernels import attention
+
+    a4, a3 = float32[:, :, :, :], float32[:, :, :]  # any strides, as the layer passes them
+    sizes = attention.tiles(head_dim)
+    bq, bk = sizes["block_q"], sizes["block_k"]
+    grads = (a4, a4, a4, a4, a3, a3, int32[:], float32, float32)
+    kernel, signature = {
+        "forward": (attention.forward_kernel(head_dim, bq, bk, True),
+                    (a4, a4, a4, int32[:], float32, a4, a3)),
+        "dkdv": (attention.dkdv_kernel(head_dim, bq, bk, True), (*grads, a4, a4)),
+        "dq": (attention.dq_kernel(head_dim, bq, bk, True), (*grads, a4)),
+    }[name]
+    ptx = ptx_tools.compile_for(kernel, signature)
+    assert not re.search(r"\.f64\b", ptx), "a float64 instruction"
+    assert ptx_tools.max_threads(ptx) == bq  # the launch bound
+    ptx_tools.assert_fits(ptx_tools.ptxas_report(ptx), bq, f"causal d={head_dim} {name}")
