@@ -6,7 +6,7 @@ hold each pair together. Which one runs is decided here, and only here, by :func
 
 ``reference``  the plain NumPy / CuPy code, always.
 ``numba``      the fused kernel wherever one exists for the op, the device and the dtype.
-``auto``       (default) what :data:`TABLE` says was measured to be faster: every kernel below
+``auto``       (default) every kernel in :data:`TABLE` (each entry says what was measured),
                except CUDA attention, which is timed against the reference once per shape on
                first use (``tinymlm.kernels.attention``) and runs only where it wins.
 """
@@ -57,6 +57,10 @@ TABLE: dict[tuple[str, str], Kernel] = {
     ("gelu", "cpu"): Kernel(f"{_CPU}:FusedGELU", measured=_PROFILE),
     ("embedding_backward", "cpu"): Kernel(f"{_CPU}:embedding_backward", measured=_PROFILE),
     ("adamw", "cpu"): Kernel(f"{_CPU}:adamw_step", measured=_PROFILE),
+    ("adamw", "cuda"): Kernel(
+        "tinymlm.kernels.adamw:adamw_step",
+        measured="benchmarks/results/gpu_launches.md: one launch per parameter instead of ~13",
+    ),
 }
 
 
