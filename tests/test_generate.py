@@ -80,6 +80,14 @@ def test_default_method_comes_from_the_model(capsys, clm_dir, mlm_dir):
         capsys, "--model", mlm_dir, "--method", "mask-predict")
 
 
+def test_the_function_gives_what_json_prints(capsys, clm_dir, clm):
+    model, tok = clm
+    printed = generated(capsys, "--model", clm_dir, "--method", "sample", "--seed", 5)
+    results = gen.generate(model, tok, PROMPTS, method="sample", seed=5)
+    assert [r[0]["generated_text"] for r in results] == printed
+    assert gen.generate(model, tok, PROMPTS[0], method="sample", seed=5) == results[:1]
+
+
 def test_plain_output_is_one_line_per_prompt(capsys, clm_dir):
     code, out, _ = cli(capsys, "--model", clm_dir, "--method", "greedy", *PROMPTS)
     assert code == 0

@@ -50,6 +50,8 @@ def generate(model, tokenizer, prompts, method: str | None = None, max_new_token
     ``method`` None: ``sample`` for a causal model, ``mask-predict`` for a masked one. ``top_k``
     0 draws from the whole vocabulary. Raises ValueError on a setting that cannot run.
     """
+    if isinstance(prompts, str):
+        prompts = [prompts]
     causal = bool(model.config.is_decoder)
     method = method or ("sample" if causal else "mask-predict")
     check_settings(causal, method, max_new_tokens, temperature, top_k, iterations)
