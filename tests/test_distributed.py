@@ -197,14 +197,15 @@ def test_buckets_are_of_one_dtype_bounded_and_largest_first():
     assert sorted(i for bucket in layout for i in bucket) == list(range(len(tensors)))
 
 
-def test_slices_of_the_global_mean_sum_to_the_one_process_gradient():
-    """The identity the trainer relies on, on a real MLM batch: rank r's mean loss scaled by
+@pytest.mark.parametrize("name", ["mlm", "clm"])
+def test_slices_of_the_global_mean_sum_to_the_one_process_gradient(name):
+    """The identity the trainer relies on, on a real batch: rank r's mean loss scaled by
     c_r / C has gradients that sum to the whole batch's; a plain average of the per-rank means
-    does not, because the ranks predict different numbers of tokens."""
-    from tinymlm.objectives import MaskedLanguageModeling, TrainConfig, build_corpus
+    does not, because the ranks predict different numbers of tokens (masking; padding)."""
+    from tinymlm.objectives import PRETRAINING, TrainConfig, build_corpus
 
-    cfg = TrainConfig(batch_size=8, tinyworld_docs=200, dropout=0.0)
-    objective = MaskedLanguageModeling(cfg, build_corpus(cfg, lambda message: None))
+    cfg = TrainConfig(batch_size=8, tinyworld_docs=200, dropout=0.0, objective=name)
+    objective = PRETRAINING[name](cfg, build_corpus(cfg, lambda message: None))
     model = objective.build_model()
     batch = objective.batch(1, 0)
 
