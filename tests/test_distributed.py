@@ -94,31 +94,38 @@ def assert_same_model(a: Path, b: Path) -> float:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """One process for 20 steps; two processes for 20 steps; two processes stopped after 10."""
-    root = tmp_path_factory.mktemp("distributed")
-    run_one(*RUN, "--out", root / "one")
-    run_two(*RUN, "--out", root / "two")
-    run_two(*RUN, "--out", root / "two-stopped", "--stop-after", "10")
-    return root
+def one(tmp_path_factory) -> Path:
+    """One process, 20 steps."""
+    out = tmp_path_factory.mktemp("one") / "run"
+    run_one(*RUN, "--out", out)
+    return out
 
 
-def test_two_processes_train_the_one_process_model(runs):
-    worst = assert_same_model(runs / "two", runs / "one")
+@pytest.fixture(scope="module")
+def two(tmp_path_factory) -> Path:
+    """Two processes, 20 steps."""
+    out = tmp_path_factory.mktemp("two") / "run"
+    run_two(*RUN, "--out", out)
+    return out
+
+
+def test_two_processes_train_the_one_process_model(one, two):
+    worst = assert_same_model(two, one)
     assert worst > 0  # not bit-identical: a different order of float32 additions (docstring)
 
 
-def test_a_run_of_two_resumes_with_one_and_with_two(runs, tmp_path):
-    """K=2 → K=1 equals the one-process run within RTOL; K=2 → K=2 is byte-identical to the
-    uninterrupted run of two."""
+def test_a_run_of_two_resumes_with_one_and_with_two(one, two, tmp_path):
+    """Two processes stopped after step 10, then continued: by one process, equal to the
+    one-process run within RTOL; by two, byte-identical to the uninterrupted run of two."""
+    run_two(*RUN, "--out", tmp_path / "stopped", "--stop-after", "10")
     for name in ("resumed-by-one", "resumed-by-two"):
-        shutil.copytree(runs / "two-stopped", tmp_path / name, symlinks=True)
+        shutil.copytree(tmp_path / "stopped", tmp_path / name, symlinks=True)
     run_one("--resume", tmp_path / "resumed-by-one")
-    assert_same_model(tmp_path / "resumed-by-one", runs / "one")
+    assert_same_model(tmp_path / "resumed-by-one", one)
     run_two("--resume", tmp_path / "resumed-by-two")
     assert ((tmp_path / "resumed-by-two" / "model.safetensors").read_bytes()
-            == (runs / "two" / "model.safetensors").read_bytes())
-    assert rows(tmp_path / "resumed-by-two") == rows(runs / "two")
+            == (two / "model.safetensors").read_bytes())
+    assert rows(tmp_path / "resumed-by-two") == rows(two)
 
 
 @pytest.mark.parametrize("how", ["stop", "kill"])
