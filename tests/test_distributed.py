@@ -159,6 +159,18 @@ def test_a_batch_that_cannot_be_split_is_refused(batch_size, says, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_rank_0_decides_the_run_folder_and_every_rank_hears_it(tmp_path):
+    """A folder that holds a checkpoint is refused by rank 0 alone (it is the one that looks);
+    the refusal reaches every rank, so all end with status 2 and one line between them."""
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "current").symlink_to("checkpoints/step-0000001")
+    done = mpirun(2, *RUN, "--out", taken, timeout=90)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert "already holds a checkpoint" in lines[0]
+
+
 # --- in this process: no MPI needed ------------------------------------------------------------
 
 
