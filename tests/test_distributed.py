@@ -208,6 +208,13 @@ def test_a_plain_run_never_imports_mpi4py(monkeypatch):
         distributed.init("auto")
 
 
+@pytest.mark.parametrize("value", ["0", "-5", "soon"])
+def test_a_collective_timeout_must_be_positive_seconds(value, monkeypatch):
+    monkeypatch.setenv("TINYMLM_COLLECTIVE_TIMEOUT", value)
+    with pytest.raises(UsageError, match="TINYMLM_COLLECTIVE_TIMEOUT must be a positive"):
+        distributed.collective_timeout()
+
+
 def test_buckets_are_of_one_dtype_bounded_and_largest_first():
     f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
     tensors = [(10, f32), (30, f32), (20, f32), (50, f32), (5, f64), (20, f32)]

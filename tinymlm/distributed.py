@@ -70,19 +70,25 @@ def launched_rank() -> int:
 
 
 def collective_timeout() -> float:
+    """Seconds a rank waits in a collective for the others (TINYMLM_COLLECTIVE_TIMEOUT)."""
     value = os.environ.get("TINYMLM_COLLECTIVE_TIMEOUT", "")
     try:
-        return float(value) if value else DEFAULT_TIMEOUT_S
+        seconds = float(value) if value else DEFAULT_TIMEOUT_S
     except ValueError:
-        raise UsageError(f"TINYMLM_COLLECTIVE_TIMEOUT must be a number of seconds, got "
-                         f"{value!r}") from None
+        seconds = -1.0
+    if not seconds > 0:
+        raise UsageError(f"TINYMLM_COLLECTIVE_TIMEOUT must be a positive number of seconds, "
+                         f"got {value!r}")
+    return seconds
 
 
 def bucket_layout(tensors, limit: int = BUCKET_BYTES) -> list[list[int]]:
     """Indices of ``tensors`` ((nbytes, dtype) each) in buckets of one dtype and at most
-    ``limit`` bytes (a bigger tensor is a bucket alone), the largest tensors first: in a
-    pipelined all-reduce the first bucket's messages are the longest, so the wire is busy
-    early. Ties keep the model's order (a stable sort), so every rank lays out the same."""
+    ``limit`` bytes (a bigger tensor is a bucket alone), the largest tensors first, so the
+    longest messages are on the wire first. Ties keep the model's order (a stable sort), so
+    every rank lays out the same. (Here all buckets start together after the backward; a
+    trainer that overlaps them with the backward, as PyTorch's DDP does, fills them in the
+    order the gradients become ready instead.)"""
     order = sorted(range(len(tensors)), key=lambda i: -tensors[i][0])
     layout, bucket, size = [], [], 0
     for i in order:
@@ -129,7 +135,7 @@ class World:
         return choose()
 
     def sum_counts(self, counts: np.ndarray) -> np.ndarray:
-        """Element-wise sum over the ranks of an int64 vector on the host."""
+        """Element-wise sum over the ranks of an int64 array on the host."""
         return counts
 
     def sum_values(self, values):
