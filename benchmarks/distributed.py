@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -31,7 +32,10 @@ from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# the mpich wheel's, in the venv's bin beside python (or on PATH, as a --user install puts it)
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
+if not MPIEXEC.exists() and shutil.which("mpiexec"):
+    MPIEXEC = Path(shutil.which("mpiexec"))
 
 # --- the scaling model -------------------------------------------------------------------------
 

@@ -36,7 +36,10 @@ from tinymlm.errors import UsageError
 from tinymlm.objectives import pretraining
 
 ROOT = Path(__file__).resolve().parent.parent
-MPIEXEC = Path(sys.executable).parent / "mpiexec"  # the mpich wheel's, in the venv's bin
+# the mpich wheel's, in the venv's bin beside python (or on PATH, as a --user install puts it)
+MPIEXEC = Path(sys.executable).parent / "mpiexec"
+if not MPIEXEC.exists() and shutil.which("mpiexec"):
+    MPIEXEC = Path(shutil.which("mpiexec"))
 RUN = ["--steps", "20", "--batch-size", "4", "--tinyworld-docs", "200", "--dropout", "0",
        "--log-every", "5", "--eval-every", "20", "--save-every", "20"]
 RTOL = 1e-5  # the bound, per tensor: ‖a − b‖ ≤ RTOL · ‖b‖
