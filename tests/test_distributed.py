@@ -13,8 +13,8 @@ additions than one process's sum over all rows. The per-rank loss is also its sl
 times c_r / C, not one mean over C. So parameters agree to within 6e-7 relative after 20
 steps (1 tensor of 42 to the bit). The attention key biases are the exception: their exact
 gradient is zero (softmax does not change when the same number is added to every score), so
-they hold nothing but rounding noise of ~1e-9, which Adam's normalisation blows up to the
-size of a step; they are compared as zero.
+they hold nothing but rounding noise (|b| < 5e-9 here), different noise in each run, and a
+relative comparison of noise means nothing; they are compared as zero.
 """
 
 from __future__ import annotations
