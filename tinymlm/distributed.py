@@ -269,6 +269,13 @@ class NcclWorld(MpiWorld):
         from cupy.cuda import nccl
 
         cupy.cuda.Device(self.local_rank).use()  # before the model allocates anything
+        try:  # the Numba kernels launch on Numba's current device: make it the same one
+            from numba import cuda as numba_cuda
+
+            if numba_cuda.is_available():
+                numba_cuda.select_device(self.local_rank)
+        except ImportError:
+            pass
         self.cupy, self.nccl = cupy, nccl
         uid = comm.bcast(nccl.get_unique_id() if self.rank == 0 else None, root=0)
         self.communicator = nccl.NcclCommunicator(self.size, uid, self.rank)
