@@ -44,6 +44,9 @@ class ElectraPretraining(MaskedLanguageModeling):
         return (train_flops(model.config, batch, seq, 0)
                 + train_flops(model.generator.config, batch, seq, predicted))
 
+    def loss(self, model, batch: dict):
+        return model(**batch).loss  # MLM's return_logits=False is not ElectraForPretraining's
+
     def counts(self, batch: dict) -> tuple[int, ...]:
         # the generator's MLM is over the masked tokens, replaced-token detection over the real
         return int((batch["labels"] != -100).sum()), int((batch["attention_mask"] != 0).sum())
