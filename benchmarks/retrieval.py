@@ -153,9 +153,13 @@ def evaluate(name: str, data: RetrievalData, scores: np.ndarray) -> dict:
 
 
 def commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                          capture_output=True, text=True)
-    return done.stdout.strip() or "unknown"
+    """The commit, and the package's files that differ from it (they ran too)."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout
+
+    changed = [line[3:] for line in git("status", "--porcelain", "tinymlm").splitlines()]
+    return (git("rev-parse", "--short", "HEAD").strip() or "unknown") + (
+        f" with uncommitted changes to {', '.join(changed)}" if changed else "")
 
 
 def main() -> int:
