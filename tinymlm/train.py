@@ -105,6 +105,9 @@ def parse_args(argv):
                    help="sentences (default): whole sentences per sequence; stream: cut anywhere")
     p.add_argument("--kernels", choices=list(kernels.MODES), default=None)
     p.add_argument("--vocab", default=None, help="a vocab.txt to use instead of training one")
+    p.add_argument("--init", default=None, metavar="DIR",
+                   help="continue pretraining a Hugging Face BERT folder (its architecture, "
+                        "vocabulary and weights; a fresh MLM head if it has none)")
     p.add_argument("--out", default=None,
                    help="the run folder (default runs/<corpus>-<size>-<time>)")
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the run saved in DIR")
@@ -122,6 +125,10 @@ def config_from_args(args) -> TrainConfig:
                 and v is not None}
     cfg = TrainConfig(**settings)
     cfg.check()
+    beside_init = [k for k in ("model_size", "vocab", "vocab_size") if k in settings]
+    if cfg.init and beside_init:
+        raise UsageError(f"--init takes the architecture and vocabulary of {cfg.init}: leave "
+                         f"--{beside_init[0].replace('_', '-')} out")
     electra_only = [k for k in ("generator_size", "electra_weight") if k in settings]
     if electra_only and cfg.objective != "electra":
         raise UsageError(f"--{electra_only[0].replace('_', '-')} is a setting of "
@@ -149,10 +156,11 @@ def run(args) -> None:
         cfg = config_from_args(args)
         world.check_batch(cfg.batch_size)
         name = "tinyworld" if cfg.corpus == ["tinyworld"] else Path(cfg.corpus[0]).stem
+        size = f"from-{Path(cfg.init).resolve().name}" if cfg.init else cfg.model_size
         stamp = time.strftime("%Y%m%d-%H%M%S")
         # Rank 0 names the folder (the time stamp) and checks it is free; every rank uses it.
         run_dir = world.decide(lambda: cli.free_run_folder(
-            args.out, f"runs/{name}-{cfg.model_size}-{stamp}"))
+            args.out, f"runs/{name}-{size}-{stamp}"))
         objective = pretraining(cfg, log)  # bad data is reported before anything is written
         if world.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)

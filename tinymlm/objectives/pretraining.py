@@ -57,6 +57,10 @@ class TrainConfig:
     kernels: str = "auto"
     vocab_size: int = 8000
     vocab: str | None = None
+    # A Hugging Face BERT folder to continue pretraining from (domain-adaptive pretraining):
+    # its architecture, vocabulary and weights; its MLM head, or a fresh one tied to its
+    # embeddings.
+    init: str | None = None
     tinyworld_docs: int = 6000
     objective: str = "mlm"
     generator_size: float = 0.25  # electra: the generator's width as a fraction of the model's
@@ -67,8 +71,9 @@ class TrainConfig:
         tinyworld = list(self.corpus) == ["tinyworld"]
         if self.max_length is None:
             self.max_length = 16 if tinyworld else 128
-        if self.masking == "auto":
-            self.masking = "salient" if tinyworld and self.objective == "mlm" else "token"
+        if self.masking == "auto":  # salient masking needs tinyworld's own vocabulary
+            salient = tinyworld and self.objective == "mlm" and not self.init
+            self.masking = "salient" if salient else "token"
 
     def check(self) -> None:
         """Raise UsageError on a setting that cannot run, naming the option."""
@@ -91,6 +96,12 @@ class TrainConfig:
         if self.masking == "salient" and self.corpus != ["tinyworld"]:
             raise UsageError("--masking salient needs to know the entities of the corpus, and "
                              "only tinyworld lists them: use token, whole_word, span or exact")
+        if self.init and self.masking == "salient":
+            raise UsageError("--masking salient needs tinyworld's vocabulary, and --init "
+                             "brings its own: use token, whole_word, span or exact")
+        if self.init and self.objective != "mlm":
+            raise UsageError("--init continues masked-language-model pretraining: leave "
+                             "--objective out")
         if self.packing not in ("sentences", "stream"):
             raise UsageError("--packing must be sentences or stream")
         if not 0 < self.generator_size <= 1:
@@ -135,11 +146,16 @@ def _build_corpus(cfg: TrainConfig, log) -> Corpus:
 
     if cfg.corpus == ["tinyworld"]:
         documents = tinyworld.generate_documents(cfg.tinyworld_docs, seed=cfg.seed, split="train")
-        tokenizer = BertTokenizer.from_vocab(tinyworld.vocabulary())
+        if cfg.init:
+            tokenizer = check_init(cfg)
+        else:
+            tokenizer = BertTokenizer.from_vocab(tinyworld.vocabulary())
         name = "tinyworld"
     else:
         documents = load_text_corpus(cfg.corpus)
-        if cfg.vocab:
+        if cfg.init:
+            tokenizer = check_init(cfg)
+        elif cfg.vocab:
             tokenizer = BertTokenizer(cfg.vocab)
         else:
             from tinymlm.wordpiece_trainer import train_wordpiece
@@ -160,6 +176,37 @@ def _build_corpus(cfg: TrainConfig, log) -> Corpus:
         raise UsageError("the corpus is too small to make training and evaluation sequences: "
                          "give more text")
     return Corpus(tokenizer, train_ids, train_mask, eval_ids, eval_mask, name)
+
+
+def check_init(cfg: TrainConfig):
+    """The tokenizer of ``--init DIR``, once DIR is known to be a BERT folder that holds
+    weights and takes sequences of ``--max-length`` (so the run folder is made only then)."""
+    from tinymlm.checkpoint import WEIGHTS_NAME, read_config
+    from tinymlm.tokenizer import BertTokenizer
+
+    config = read_config(cfg.init)  # a CheckpointError (ValueError) names what is wrong
+    if not (Path(cfg.init) / WEIGHTS_NAME).is_file():
+        raise ValueError(f"--init {cfg.init}: {WEIGHTS_NAME} is missing; give a folder written "
+                         "by save_pretrained or by tinymlm.train")
+    if cfg.max_length > config.max_position_embeddings:
+        raise ValueError(f"--max-length {cfg.max_length} is longer than the "
+                         f"{config.max_position_embeddings} positions of --init {cfg.init}")
+    return BertTokenizer.from_pretrained(cfg.init)
+
+
+def pretrained_start(cfg: TrainConfig) -> BertForMaskedLM:
+    """``--init DIR``: DIR's BERT with its MLM head, or (an encoder-only folder, such as a
+    sentence-embedding model) with a fresh MLM head whose decoder is tied to its embeddings."""
+    from tinymlm.checkpoint import read_config, read_weights
+    from tinymlm.nn.bert import BertModel
+
+    if any(name.startswith("cls.predictions.") for name in read_weights(cfg.init)):
+        return BertForMaskedLM.from_pretrained(cfg.init)
+    backend.manual_seed(cfg.seed)  # the fresh head
+    model = BertForMaskedLM(read_config(cfg.init))
+    encoder = BertModel.from_pretrained(cfg.init, dtype=model.dtype)
+    model.bert.load_state_dict(encoder.state_dict())
+    return model
 
 
 def make_collator(cfg: TrainConfig, tokenizer):
@@ -196,6 +243,8 @@ class MaskedLanguageModeling(Objective):
 
     @staticmethod
     def make_model(cfg: TrainConfig, tokenizer):
+        if cfg.init:
+            return pretrained_start(cfg)
         backend.manual_seed(cfg.seed)
         return BertForMaskedLM(bert_config(cfg.model_size, len(tokenizer), cfg.max_length,
                                            cfg.dropout))
@@ -253,7 +302,8 @@ class MaskedLanguageModeling(Objective):
                 f"accuracy {result['eval_accuracy']:.1%}")
 
     def summary(self, model) -> str:
-        return (f"model: {self.cfg.model_size}, {model.num_parameters() / 1e6:.2f}M parameters; "
+        size = f"--init {self.cfg.init}" if self.cfg.init else self.cfg.model_size
+        return (f"model: {size}, {model.num_parameters() / 1e6:.2f}M parameters; "
                 f"{len(self.corpus.train_ids)} training sequences of {self.cfg.max_length} "
                 f"tokens; vocabulary {len(self.tokenizer)}")
 
