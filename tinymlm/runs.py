@@ -101,8 +101,8 @@ def plot_curves(run_dir: Path, rows: list[dict], title: str,
                         color="tab:green", label=f"{accuracy_label}{eval_how}")
     for key, label, marker, color in _QUESTIONS:  # asked once, after the last step
         for r in (r for r in facts if key in r):
-            accuracies.plot([r["step"]], [r[key]], marker, ms=11, color=color,
-                            label=f"{label}: {r[key]:.1%}")
+            accuracies.plot([r["step"]], [r[key]], marker, ms=12, mew=2, mfc="none",
+                            color=color, label=f"{label}: {r[key]:.1%}")  # hollow: both show
     losses.set(xlabel="optimizer step", ylabel="cross-entropy (nats)", title="losses")
     accuracies.set(xlabel="optimizer step", ylabel="top-1 accuracy", ylim=(0, 1.02),
                    title="accuracies")
