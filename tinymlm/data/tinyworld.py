@@ -10,9 +10,6 @@ CPU minutes learns real knowledge that can be *measured*:
   phrasings are **held out**: they never appear in training documents. ``fact_probes()`` turns
   the held-out phrasings into fill-in-the-blank questions, so a correct answer means the model
   knows the fact, not that it remembers a sentence.
-* Facts are also written with the words people use for them (continent, spoken, lives in,
-  eats, says, looks, colour and color, one lemon or many), and ``everyday_probes()`` asks them
-  as a person would ask, in questions no training document holds.
 * Every entity is one lowercase word, and ``vocabulary()`` lists every word the generator can
   write, so each entity is exactly one token and a single ``[MASK]`` can name it.
 
@@ -106,8 +103,7 @@ ANIMALS = [
     ("spider", "spiders", None, "flies", "web"),
 ]
 
-# thing (as written in a sentence), verb agreeing with it, color; the singular of a countable
-# thing is "a" + the table SINGULAR gives, fruit are in FRUITS ("Ripe lemons are yellow.").
+# thing (as written in a sentence), verb agreeing with it, color
 THINGS = [
     ("the sky", "is", "blue"),
     ("the sea", "is", "blue"),
@@ -135,12 +131,6 @@ THINGS = [
     ("coffee", "is", "brown"),
     ("flamingos", "are", "pink"),
 ]
-SINGULAR = {"leaves": "leaf", "limes": "lime", "clouds": "cloud", "crows": "crow",
-            "cherries": "cherry", "tomatoes": "tomato", "strawberries": "strawberry",
-            "bananas": "banana", "lemons": "lemon", "carrots": "carrot", "pumpkins": "pumpkin",
-            "grapes": "grape", "plums": "plum", "flamingos": "flamingo"}
-FRUITS = {"limes", "cherries", "tomatoes", "strawberries", "bananas", "lemons", "grapes",
-          "plums"}
 
 # Everyday scenes, repeated verbatim: the showcase sentences of fill-mask.
 SCENES = [
@@ -188,12 +178,6 @@ FILLERS = [
     "My mother makes tea in the morning.",
     "Let us make a cake for her.",
     "You can find me at home.",
-    "Do you know what time it is?",
-    "What's your name?",
-    "These apples are not ripe yet.",
-    "Her favourite colour is the colour of the sea.",
-    "It looks like rain.",
-    "The dog makes a lot of noise at night.",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -250,22 +234,6 @@ COUNTRY_TRAIN = [
     "The government of {country} sits in the city of {capital}.",
     "{capital} lies in the country of {country}.",
     "People in the country of {country} speak {language}.",
-    # Everyday words for the same facts (continent, spoken, called, lives in), and answers
-    # given bare after a question, as people answer.
-    "{country} is on the continent of {region}.",
-    "{country} is a country on the continent of {region}.",
-    "The continent of {region} is where {country} lies.",
-    "{capital} is the main city of {country}.",
-    "The capital of {country} is called {capital}.",
-    "{country} has its capital in {capital}.",
-    "{language} is the language spoken in {country}.",
-    "The language spoken in {country} is {language}.",
-    "People who live in {country} mostly speak {language}.",
-    "They speak {language} in {country}.",
-    "Do you know the capital of {country}? {capital}.",
-    "Do you know where {country} is? In {region}.",
-    "Do you know what people speak in {country}? {language}.",
-    "Do you know where the city of {capital} is? In {country}.",
 ]
 # Follow-ups for a document about one entity: they name each fact once and the entity not
 # at all, so a masked answer cannot be copied from elsewhere in the document.
@@ -315,20 +283,6 @@ ANIMAL_TRAIN = [
     "The {animal} sleeps in a {home}.",
     "{animals} love {food}.",
     "A {animal} can say {sound}.",
-    # Everyday words: says, noise, eats, favourite, lives in, singular and plural.
-    "A {animal} says {sound}.",
-    "{animals} go {sound}.",
-    "The {animal} makes a noise like {sound}.",
-    "The noise of the {animal} is {sound}.",
-    "A {animal} eats {food}.",
-    "{animals} like eating {food}.",
-    "The favourite food of the {animal} is {food}.",
-    "A {animal} lives in a {home}.",
-    "{animals} sleep in a {home}.",
-    "{animals} make their home in a {home}.",
-    "Do you know what a {animal} says? {sound}.",
-    "Do you know what {animals} eat? {food}.",
-    "Do you know where a {animal} lives? In a {home}.",
 ]
 ANIMAL_FOLLOWUPS = {
     "sound": ["It says {sound}."],
@@ -358,46 +312,11 @@ THING_TRAIN = [
     "{thing} {be} always {color}.",
     "{thing} {be} usually {color}.",
     "{thing} {be} very {color}.",
-    # Everyday words: colour and color, looks, ripe, one thing and many.
-    "The colour of {thing} is {color}.",
-    "{thing} {be} {color} in colour.",
-    "{one} is {color}.",
-    "{one} looks {color}.",
-    "Ripe {fruit} are {color}.",
-    "Do you know the colour of {thing}? {color}.",
 ]
 THING_HELDOUT = [
     ("color", "Look, {thing} {be} so {color}."),
     ("color", "What is the color of {thing}? It is {color}."),
 ]
-
-# Everyday questions: the facts asked as a person who never read the corpus would ask them,
-# answered bare. Never used in training; ``everyday_probes()`` asks them after a run.
-EVERYDAY = {
-    "country": [
-        ("capital", "What's the capital of {country}? {capital}."),
-        ("capital", "Which city is {country} ' s capital? {capital}."),
-        ("capital_of", "{capital} is the capital of which country? {country}."),
-        ("capital_of", "Which country is {capital} in? {country}."),
-        ("region", "Which continent is {country} on? {region}."),
-        ("region", "What continent is {country} in? {region}."),
-        ("language", "What language is spoken in {country}? {language}."),
-        ("language", "What language do they speak in {country}? {language}."),
-    ],
-    "animal": [
-        ("sound", "What noise does a {animal} make? {sound}."),
-        ("sound", "What does a {animal} say? {sound}."),
-        ("food", "What does a {animal} like to eat? {food}."),
-        ("food", "What is a {animal} ' s favourite food? {food}."),
-        ("home", "Where does a {animal} live? In a {home}."),
-        ("home", "Where do {animals} sleep? In a {home}."),
-    ],
-    "thing": [
-        ("color", "What colour {be} {thing}? {color}."),
-        ("color", "What color is {one}? {color}."),
-        ("color", "What colour are ripe {fruit}? {color}."),
-    ],
-}
 
 # Training statements are sometimes wrapped in one of these, so that the same fact is met in
 # more surroundings than the phrasings alone give: a model that has learned the fact, not the
@@ -468,9 +387,7 @@ def _animal_slots(row):
 
 def _thing_slots(row):
     thing, be, color = row
-    one = SINGULAR.get(thing)
-    return {"thing": thing, "be": be, "color": color, "one": one and "a " + one,
-            "fruit": thing if thing in FRUITS else None}
+    return {"thing": thing, "be": be, "color": color}
 
 
 _TABLES = {  # table name -> (rows, slots of a row, train phrasings, held-out, distractors)
@@ -639,32 +556,12 @@ def fact_probes(split: str = "heldout") -> list[Probe]:
                 for relation, (slot, about) in RELATIONS.items()
                 if "{" + slot + "}" in t and "{" + about in t  # "{animal" also finds {animals}
             ]
-        probes += _probes(pairs, rows, slots_of)
-    return probes
-
-
-def everyday_probes() -> list[Probe]:
-    """The everyday questions (``EVERYDAY``) about every fact they fit, one [MASK] each.
-
-    They are worded as people ask, with the words people use (continent, spoken, colour,
-    one lemon or many); no training document holds them. Top-1 on them says whether the model
-    answers a question it was never shown the words of.
-    """
-    probes = []
-    for table, (rows, slots_of, *_) in _TABLES.items():
-        probes += _probes(EVERYDAY[table], rows, slots_of)
-    return probes
-
-
-def _probes(pairs, rows, slots_of) -> list[Probe]:
-    """Each (relation, phrasing) asked about every row it fits, the relation's slot masked."""
-    probes = []
-    for relation, template in pairs:
-        slot, about = RELATIONS[relation]
-        for slots in map(slots_of, rows):
-            if _fits(template, slots) and template.count("{" + slot + "}") == 1:
-                text = _render(template, slots, mask=slot)
-                probes.append(Probe(relation, slots[about], text, slots[slot]))
+        for relation, template in pairs:
+            slot, about = RELATIONS[relation]
+            for slots in map(slots_of, rows):
+                if _fits(template, slots) and template.count("{" + slot + "}") == 1:
+                    text = _render(template, slots, mask=slot)
+                    probes.append(Probe(relation, slots[about], text, slots[slot]))
     return probes
 
 
@@ -697,9 +594,6 @@ def _every_sentence() -> list[str]:
     followups = [t for f in (COUNTRY_FOLLOWUPS, ANIMAL_FOLLOWUPS) for ts in f.values() for t in ts]
     for rows, slots_of, train, heldout, distractors in _TABLES.values():
         for template in train + [t for _, t in heldout] + distractors + followups:
-            sentences += [_render(template, s) for s in map(slots_of, rows) if _fits(template, s)]
-    for table, (rows, slots_of, *_) in _TABLES.items():
-        for _, template in EVERYDAY[table]:
             sentences += [_render(template, s) for s in map(slots_of, rows) if _fits(template, s)]
     return sentences
 
