@@ -10,10 +10,11 @@ float32, dropout 0.1, forward + backward + AdamW, two threads. Two ways to ask f
 - ``return_logits=False`` (the trainer's): the loss is one Function, ``FusedLinearCrossEntropy``,
   whose logits never leave it, so backward overwrites them with their gradient.
 
-Peak memory: each way runs three steps in a fresh process (Linux's VmHWM, growth over the
-process after building the model). Time: both ways in one process, alternating step by step
-after warm-up; median of the repeats, the load average recorded before and after, and no
-timing reported when the load was above 1.
+Time: both ways in one process, alternating step by step after warm-up; median of the
+repeats. The 1-minute load average is recorded before anything runs (the machine's own load:
+no timing is reported when it is above 1) and after the timing (which includes this
+benchmark's own two threads). Peak memory: then each way runs three steps in a fresh process
+(Linux's VmHWM, growth over the process after building the model).
 """
 
 from __future__ import annotations
@@ -101,12 +102,12 @@ def main() -> None:
         print(json.dumps(memory_worker(bool(int(args.memory_worker)), args.batch, args.seq)))
         return
 
-    mem = {"returned": memory(True, args), "loss alone": memory(False, args)}
-    assert mem["returned"]["losses"] == mem["loss alone"]["losses"], "the same numbers, bit for bit"
     load_before = os.getloadavg()[0]
     times = timing(args)
     load_after = os.getloadavg()[0]
-    quiet = max(load_before, load_after) <= 1.0
+    quiet = load_before <= 1.0
+    mem = {"returned": memory(True, args), "loss alone": memory(False, args)}
+    assert mem["returned"]["losses"] == mem["loss alone"]["losses"], "the same numbers, bit for bit"
 
     lines = [
         "# What returning the logits costs (bert-mini, B=32, S=128, V=30522, float32, 2 threads)",
@@ -114,13 +115,14 @@ def main() -> None:
         f"- date: {datetime.date.today()}, machine: {platform.machine()}, {os.cpu_count()} cores",
         f"- commit: {os.environ.get('TINYMLM_COMMIT', 'see git log')}",
         "- command: `PYTHONPATH=. python benchmarks/bench_logits_reuse.py --out ...`",
-        f"- load average before / after the timing: {load_before:.2f} / {load_after:.2f}",
+        f"- load average before / after the timing (after includes this benchmark's threads): "
+        f"{load_before:.2f} / {load_after:.2f}",
         "",
         "| the step asks for | step memory growth (MiB) | peak RSS (MiB) | median step (s) |",
         "| --- | --- | --- | --- |",
     ]
     for name in ("returned", "loss alone"):
-        shown = f"{times[name]:.3f}" if quiet else "not published (load > 1)"
+        shown = f"{times[name]:.3f}" if quiet else "not published (load before > 1)"
         label = "loss + out.logits" if name == "returned" else "the loss alone"
         lines.append(f"| {label} | {mem[name]['step_mib']:.0f} | {mem[name]['peak_mib']:.0f} "
                      f"| {shown} |")
