@@ -388,10 +388,11 @@ class BertForMaskedLM(BertPreTrainedModel):
         if self.sparse_prediction:
             # Find the M predicted positions where the labels live (the host, when the collator
             # made them) and copy only those: on the GPU, flatnonzero would wait for the device.
-            flat = raw(labels).reshape(-1)  # (B·S,)
+            flat = raw(labels)
+            flat = (flat if hasattr(flat, "reshape") else np.asarray(flat)).reshape(-1)  # (B·S,)
             predicted = backend.get_array_module(flat).flatnonzero(flat != -100)  # (M,)
             targets = backend.asarray_on(flat[predicted], hidden.data, np.int64)  # (M,)
-            rows = ops.getitem(rows, backend.asarray_on(predicted, hidden.data, np.int64))
+            rows = ops.getitem(rows, backend.asarray_on(predicted, hidden.data, np.int64))  # (M, H)
         else:
             targets = backend.asarray_on(raw(labels), hidden.data, np.int64).reshape(-1)  # (B·S,)
         if not return_logits:
