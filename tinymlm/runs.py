@@ -108,7 +108,8 @@ def plot_curves(run_dir: Path, rows: list[dict], title: str,
                    title="accuracies")
     for ax in (losses, accuracies):
         ax.grid(alpha=0.3)
-        ax.legend(loc="best", fontsize="small")
+        if ax.get_legend_handles_labels()[0]:  # a run stopped before its first evaluation has none
+            ax.legend(loc="best", fontsize="small")
     fig.suptitle(title)
     with atomic_path(run_dir / "loss_curve.png") as tmp:
         fig.savefig(tmp, format="png", dpi=110)
