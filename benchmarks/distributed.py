@@ -32,6 +32,9 @@ from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tinymlm.fileio import atomic_path, atomic_write_text  # noqa: E402
+
 # the mpich wheel's, in the venv's bin beside python (or on PATH, as a --user install puts it)
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
 if not MPIEXEC.exists() and shutil.which("mpiexec"):
@@ -106,7 +109,8 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
 
 
@@ -189,15 +193,16 @@ def report(measured, loads, rows, args) -> str:
     ]
     if args.model_only:
         lines.append("Not run (`--model-only`).")
-    elif measured is None or max(loads) > args.max_load:
-        lines += [f"Not published: the 1-minute load average was {loads[0]:.1f} before and "
-                  f"{loads[1]:.1f} after (the bound is {args.max_load:g}); the machine was "
-                  "shared, so the timings would measure the other jobs. Rerun on an idle "
-                  "machine: `PYTHONPATH=. python benchmarks/distributed.py`."]
+    elif measured is None or loads[0] > args.max_load:
+        lines += [f"Not published: the 1-minute load average was {loads[0]:.1f} before "
+                  f"(the bound is {args.max_load:g}; after includes the run itself); the "
+                  "machine was shared, so the timings would measure the other jobs. Rerun on an "
+                  "idle machine: `PYTHONPATH=. python benchmarks/distributed.py`."]
     else:
         lines += [f"`--model-size {args.size}`, global batch {args.batch_size} × "
                   f"{args.max_length} tokens, {args.steps} steps after {args.warmup} warm-up "
-                  f"steps; load average {loads[0]:.1f} before, {loads[1]:.1f} after.", "",
+                  f"steps; load average {loads[0]:.1f} before, {loads[1]:.1f} after (after "
+                  "includes the run's own processes).", "",
                   "| setup | tokens/s | step | time in collectives |", "|---|---|---|---|"]
         for m in measured:
             share = f"{m['collective_share']:.0%}" if m["processes"] > 1 else "—"
@@ -278,9 +283,9 @@ def main(argv=None) -> int:
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
     plot(rows, out / "distributed.png")
-    (out / "distributed.md").write_text(report(measured, loads, rows, args))
-    published = measured if measured and max(loads) <= args.max_load else None
-    (out / "distributed.json").write_text(json.dumps(
+    atomic_write_text(out / "distributed.md", report(measured, loads, rows, args))
+    published = measured if measured and loads[0] <= args.max_load else None
+    atomic_write_text(out / "distributed.json", json.dumps(
         {"assumptions": ASSUMPTIONS, "model": rows, "measured": published,
          "load_average": loads}, indent=1) + "\n")
     print(f"wrote {out / 'distributed.md'}", file=sys.stderr)
