@@ -389,7 +389,8 @@ class BertForMaskedLM(BertPreTrainedModel):
             # Find the M predicted positions where the labels live (the host, when the collator
             # made them) and copy only those: on the GPU, flatnonzero would wait for the device.
             flat = raw(labels)
-            flat = (flat if hasattr(flat, "reshape") else np.asarray(flat)).reshape(-1)  # (B·S,)
+            flat = flat if hasattr(flat, "reshape") else backend.to_numpy(flat)  # a list: host
+            flat = flat.reshape(-1)  # (B·S,)
             predicted = backend.get_array_module(flat).flatnonzero(flat != -100)  # (M,)
             targets = backend.asarray_on(flat[predicted], hidden.data, np.int64)  # (M,)
             rows = ops.getitem(rows, backend.asarray_on(predicted, hidden.data, np.int64))  # (M, H)
