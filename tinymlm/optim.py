@@ -126,6 +126,16 @@ class AdamW:
             group["lr"] = lr
 
 
+def fused_update_scalars(dtype, *, lr, beta1, beta2, eps, weight_decay, step_size,
+                         correction2) -> tuple:
+    """The constants of one AdamW update as the fused kernels take them (after p, g, m, v), in
+    the parameter's dtype so that no float64 creeps into a float32 kernel: the decay factor,
+    β₁, 1 − β₁, β₂, 1 − β₂, 1/√(1 − β₂ᵗ), ε and the step size."""
+    t = np.dtype(dtype).type
+    return (t(1 - lr * weight_decay), t(beta1), t(1 - beta1), t(beta2), t(1 - beta2),
+            t(1 / correction2), t(eps), t(step_size))
+
+
 def lr_at(step: int, base_lr: float, warmup_steps: int, total_steps: int,
           decay: str = "linear", min_ratio: float = 0.0) -> float:
     """Linear warmup from 0 to ``base_lr`` over ``warmup_steps``, then linear or cosine decay

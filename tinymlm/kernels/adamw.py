@@ -77,20 +77,11 @@ def adamw_step(p, g, m, v, *, lr, beta1, beta2, eps, weight_decay, step_size, co
         return False
     if p.dtype not in (np.float32, np.float64):
         return False
-    t = p.dtype.type  # every scalar in the parameter's precision: no float64 in a float32 kernel
+    from tinymlm.optim import fused_update_scalars
+
+    scalars = fused_update_scalars(p.dtype, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                                   weight_decay=weight_decay, step_size=step_size,
+                                   correction2=correction2)
     blocks = min(-(-p.size // BLOCK), MAX_GRID)
-    launch(
-        adamw_kernel(),
-        blocks,
-        BLOCK,
-        *(a.reshape(-1) for a in arrays),
-        t(1 - lr * weight_decay),
-        t(beta1),
-        t(1 - beta1),
-        t(beta2),
-        t(1 - beta2),
-        t(1 / correction2),
-        t(eps),
-        t(step_size),
-    )
+    launch(adamw_kernel(), blocks, BLOCK, *(a.reshape(-1) for a in arrays), *scalars)
     return True

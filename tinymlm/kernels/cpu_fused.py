@@ -413,21 +413,12 @@ def adamw_step(p, g, m, v, *, lr, beta1, beta2, eps, weight_decay, step_size, co
 
     Returns False (touching nothing) when an array is not contiguous, so the caller falls back.
     """
+    from tinymlm.optim import fused_update_scalars
+
     if not all(a.flags.c_contiguous for a in (p, g, m, v)) or g.dtype != p.dtype:
         return False
-    t = p.dtype.type
-    _adamw[p.size >= PARALLEL_MIN_ELEMENTS](
-        p.reshape(-1),
-        g.reshape(-1),
-        m.reshape(-1),
-        v.reshape(-1),
-        t(1 - lr * weight_decay),
-        t(beta1),
-        t(1 - beta1),
-        t(beta2),
-        t(1 - beta2),
-        t(1 / correction2),
-        t(eps),
-        t(step_size),
-    )
+    scalars = fused_update_scalars(p.dtype, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                                   weight_decay=weight_decay, step_size=step_size,
+                                   correction2=correction2)
+    _adamw[p.size >= PARALLEL_MIN_ELEMENTS](*(a.reshape(-1) for a in (p, g, m, v)), *scalars)
     return True
